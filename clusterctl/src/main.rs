@@ -1,7 +1,8 @@
 //! `clusterctl`: the operator's command.
 //!
-//! Exit codes: 0 success, 1 the request was understood and the answer is
-//! "no" (an invalid configuration, a failed action), 2 usage errors (clap).
+//! Exit codes: 0 success; 1 the request was understood and the answer is
+//! "no" (an invalid configuration, an unreachable daemon, a failed action);
+//! 2 usage errors (from clap).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +10,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod demo_cmd;
+mod status_cmd;
 
-/// Operate a KVM HA cluster: check configuration, see status, move groups.
+/// Operate a KVM HA cluster: check configuration, see status, run the demo.
 #[derive(Debug, Parser)]
 #[command(name = "clusterctl", version, about, propagate_version = true)]
 struct Cli {
@@ -26,6 +29,25 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show a daemon's view of its cluster: nodes, groups, resources, VMs.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, short = 's', env = "KVMHA_SOCKET", conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// Take the socket from this configuration's `api.socket`.
+        #[arg(long, short = 'c', env = "KVMHA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Start a demo cluster on this machine (libvirt's test driver and
+    /// loopback addresses), show its status, and stop it.
+    Demo {
+        /// Directory for the demo's configuration, keys, sockets and logs.
+        #[arg(long, default_value = "/tmp/kvmha-demo")]
+        dir: PathBuf,
+        /// Leave the daemons running (stop them with `pkill host-clusterd`).
+        #[arg(long)]
+        keep_running: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +74,8 @@ fn main() -> ExitCode {
             print!("{}", conf::reference_markdown());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { socket, config } => status_cmd::run(socket, config, cli.json),
+        Command::Demo { dir, keep_running } => demo_cmd::run(&dir, keep_running, cli.json),
     };
     match result {
         Ok(code) => code,

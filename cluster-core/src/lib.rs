@@ -1,0 +1,11 @@
+//! The engine both cluster daemons share.
+//!
+//! Today: the status model every daemon reports ([`status`]), the control
+//! API that carries it ([`api`]: one request type, served over HTTP on a
+//! Unix socket), and the plumbing every daemon `main` uses ([`daemon`]).
+//! Membership, quorum, fencing and placement land here next (see
+//! `docs/architecture.md`).
+
+pub mod api;
+pub mod daemon;
+pub mod status;

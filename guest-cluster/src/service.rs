@@ -1,0 +1,51 @@
+//! The guest daemon's answer to control requests.
+
+use std::time::Instant;
+
+use cluster_core::api::{ApiError, Handler, Request, Response};
+use cluster_core::status::NodeStatus;
+
+/// Everything the guest daemon needs to answer requests.
+#[derive(Debug)]
+pub struct GuestService {
+    config: conf::Config,
+    config_file: String,
+    node: String,
+    started: Instant,
+}
+
+impl GuestService {
+    /// A service for `node` of `config`.
+    pub fn new(config: conf::Config, config_file: String, node: String) -> Self {
+        Self {
+            config,
+            config_file,
+            node,
+            started: Instant::now(),
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let (members, groups) = cluster_core::status::configured(&self.config, &self.node);
+        NodeStatus {
+            cluster: self.config.cluster.name.clone(),
+            kind: self.config.cluster.kind,
+            node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            config_file: self.config_file.clone(),
+            members,
+            groups,
+            hypervisor: None,
+        }
+    }
+}
+
+impl Handler for GuestService {
+    async fn handle(&self, request: Request) -> Result<Response, ApiError> {
+        match request {
+            Request::Status => Ok(Response::Status(Box::new(self.status()))),
+        }
+    }
+}

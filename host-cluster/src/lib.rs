@@ -1,0 +1,7 @@
+//! `host-clusterd`: the daemon on each KVM host. It reaches its hypervisor
+//! through libvirt ([`hypervisor`]) and reports through the shared control
+//! API; VM failover, host NIC watching and the maintenance coordinator are
+//! built on the shared engine as it lands.
+
+pub mod hypervisor;
+pub mod service;

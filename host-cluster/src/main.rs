@@ -1,0 +1,51 @@
+//! `host-clusterd`: see the crate documentation of `host_cluster`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use cluster_core::daemon::{self, DaemonArgs};
+use host_cluster::hypervisor::Hypervisor;
+use host_cluster::service::HostService;
+
+/// The KVM host daemon: fails whole VMs over between hosts through libvirt.
+#[derive(Debug, Parser)]
+#[command(name = "host-clusterd", version, about)]
+struct Args {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    daemon::init_logging(args.daemon.log_format);
+    let start = daemon::startup(&args.daemon, conf::ClusterKind::Host)?;
+    let node = start
+        .config
+        .node(&start.node)
+        .context("node vanished from the configuration")?;
+    let uri = node
+        .libvirt_uri
+        .clone()
+        .unwrap_or_else(|| "qemu:///system".to_owned());
+    let hypervisor = Hypervisor::spawn(&uri).context("cannot start the libvirt worker thread")?;
+    tracing::info!(
+        cluster = %start.config.cluster.name,
+        node = %start.node,
+        libvirt = %uri,
+        socket = %start.api_socket.display(),
+        "host-clusterd starting"
+    );
+    let service = Arc::new(HostService::new(
+        start.config,
+        start.config_file.display().to_string(),
+        start.node,
+        hypervisor,
+    ));
+    cluster_core::api::serve_unix(&start.api_socket, service, daemon::shutdown_signal())
+        .await
+        .context("control API")?;
+    tracing::info!("host-clusterd stopped");
+    Ok(())
+}

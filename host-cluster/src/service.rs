@@ -1,0 +1,102 @@
+//! The host daemon's answer to control requests.
+
+use std::time::Instant;
+
+use cluster_core::api::{ApiError, Handler, Request, Response};
+use cluster_core::status::{DomainStatus, HypervisorStatus, NodeStatus, ResourceState};
+use conf::ResourceKind;
+
+use crate::hypervisor::Hypervisor;
+
+/// Everything the host daemon needs to answer requests.
+#[derive(Debug)]
+pub struct HostService {
+    config: conf::Config,
+    config_file: String,
+    node: String,
+    started: Instant,
+    hypervisor: Hypervisor,
+}
+
+impl HostService {
+    /// A service for `node` of `config`, reaching its hypervisor through `hypervisor`.
+    pub fn new(
+        config: conf::Config,
+        config_file: String,
+        node: String,
+        hypervisor: Hypervisor,
+    ) -> Self {
+        Self {
+            config,
+            config_file,
+            node,
+            started: Instant::now(),
+            hypervisor,
+        }
+    }
+
+    async fn status(&self) -> NodeStatus {
+        let (members, mut groups) = cluster_core::status::configured(&self.config, &self.node);
+        let domains = self.hypervisor.inventory().await;
+        let vm_names: Vec<&str> = self
+            .config
+            .resources()
+            .filter(|(_, r)| matches!(r.kind, ResourceKind::Vm(_)))
+            .map(|(_, r)| r.name.as_str())
+            .collect();
+        let hypervisor = match &domains {
+            Ok(list) => HypervisorStatus {
+                uri: self.hypervisor.uri().to_owned(),
+                connected: true,
+                error: None,
+                domains: list
+                    .iter()
+                    .map(|d| DomainStatus {
+                        name: d.name.clone(),
+                        state: d.state.to_owned(),
+                        memory_mib: d.memory_mib,
+                        vcpus: d.vcpus,
+                        managed: vm_names.contains(&d.name.as_str()),
+                    })
+                    .collect(),
+            },
+            Err(e) => HypervisorStatus {
+                uri: self.hypervisor.uri().to_owned(),
+                connected: false,
+                error: Some(e.to_string()),
+                domains: Vec::new(),
+            },
+        };
+        // A VM resource's state on this host, from libvirt; unknown while
+        // libvirt cannot be reached.
+        if let Ok(list) = &domains {
+            for res in groups.iter_mut().flat_map(|g| g.resources.iter_mut()) {
+                res.state = match list.iter().find(|d| d.name == res.name).map(|d| d.state) {
+                    Some("running" | "blocked") => ResourceState::Running,
+                    Some("crashed" | "paused") => ResourceState::Failed,
+                    Some(_) | None => ResourceState::Stopped,
+                };
+            }
+        }
+        NodeStatus {
+            cluster: self.config.cluster.name.clone(),
+            kind: self.config.cluster.kind,
+            node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            config_file: self.config_file.clone(),
+            members,
+            groups,
+            hypervisor: Some(hypervisor),
+        }
+    }
+}
+
+impl Handler for HostService {
+    async fn handle(&self, request: Request) -> Result<Response, ApiError> {
+        match request {
+            Request::Status => Ok(Response::Status(Box::new(self.status().await))),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The binaries as an operator meets them: `clusterctl config check`, the
+//! daemons' start-up checks, `clusterctl status` against a running daemon,
+//! and the demo.
+
+use std::time::Duration;
+
+use testbed::{Proc, example, run, wait_until};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn config_check_accepts_every_example() {
+    let files: Vec<String> = [
+        "two-hosts.toml",
+        "guest-1plus1.toml",
+        "guest-nplus1.toml",
+        "dr-asymmetric.toml",
+        "demo-hosts.toml",
+    ]
+    .iter()
+    .map(|f| example(f).display().to_string())
+    .collect();
+    let mut args = vec!["config", "check"];
+    args.extend(files.iter().map(String::as_str));
+    let out = run("clusterctl", &args);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        stdout(&out).matches(": ok").count(),
+        files.len(),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn config_check_reports_file_line_and_key_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let src = std::fs::read_to_string(example("guest-nplus1.toml")).unwrap_or_default();
+    let broken = src
+        .replacen(
+            "nodes = [\"app-2\", \"spare\"]",
+            "nodes = [\"app-2\", \"sapre\"]",
+            1,
+        )
+        .replacen("interval = \"250ms\"", "interval = \"250\"", 1);
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, &broken).unwrap_or_default();
+    let line = |needle: &str| {
+        broken[..broken.find(needle).unwrap_or(0)]
+            .matches('\n')
+            .count()
+            + 1
+    };
+    let p = path.display().to_string();
+
+    let out = run("clusterctl", &["config", "check", &p]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "{p}:{}:12: heartbeat.interval: invalid duration",
+            line("\"250\"")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{p}:{}:19: groups[1].nodes[1]: no node named `sapre`",
+            line("sapre")
+        )),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("2 errors found"), "{}", stderr(&out));
+
+    let out = run("clusterctl", &["--json", "config", "check", &p]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let errors = json[0]["errors"].as_array().cloned().unwrap_or_default();
+    assert_eq!(json[0]["ok"], false);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["key"] == "groups[1].nodes[1]" && e["line"] == line("sapre")),
+        "{json}"
+    );
+}
+
+#[test]
+fn config_check_on_a_missing_file_fails_cleanly() {
+    let out = run(
+        "clusterctl",
+        &["config", "check", "/nonexistent/cluster.toml"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("cannot read /nonexistent/cluster.toml"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = run("clusterctl", &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run("clusterctl", &["--help"]);
+    assert!(out.status.success() && stdout(&out).contains("config"));
+}
+
+#[test]
+fn daemons_refuse_a_bad_start_with_a_clear_message() {
+    let guest = example("guest-1plus1.toml").display().to_string();
+    let out = run("host-clusterd", &["--config", &guest, "--node", "web-1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("describes a Guest cluster"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run("guest-clusterd", &["--config", &guest, "--node", "web-9"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("node `web-9` is not in"),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[cluster]\nname = \"x\"\nkind = \"guest\"\nauth_key_file = \"/k\"\ncolour = 1\n",
+    )
+    .unwrap_or_default();
+    let out = run(
+        "guest-clusterd",
+        &["--config", &bad.display().to_string(), "--node", "a"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("bad.toml:5:1: cluster.colour"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn host_daemon_reports_its_hypervisor_through_the_control_socket() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let socket = dir.path().join("api.sock");
+    let state = dir.path().join("state");
+    let config = example("demo-hosts.toml").display().to_string();
+    let mut daemon = Proc::spawn(
+        "host-clusterd",
+        &[
+            "--config",
+            &config,
+            "--node",
+            "host-b",
+            "--state-dir",
+            &state.display().to_string(),
+            "--api-socket",
+            &socket.display().to_string(),
+        ],
+        &dir.path().join("daemon.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sock = socket.display().to_string();
+    wait_until("the control socket", Duration::from_secs(10), || {
+        socket.exists()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let out = run("clusterctl", &["--json", "status", "--socket", &sock]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(s["node"], "host-b");
+    assert_eq!(s["cluster"], "demo");
+    assert_eq!(s["pid"], daemon.pid());
+    assert_eq!(s["hypervisor"]["uri"], "test:///default");
+    assert_eq!(s["hypervisor"]["connected"], true);
+    let domains = s["hypervisor"]["domains"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        domains
+            .iter()
+            .any(|d| d["name"] == "test" && d["state"] == "running" && d["managed"] == false),
+        "{s}"
+    );
+    assert_eq!(s["groups"][0]["resources"][0]["state"], "stopped");
+
+    let text = run("clusterctl", &["status", "--socket", &sock]);
+    assert!(
+        stdout(&text).contains("Hypervisor test:///default (connected)"),
+        "{}",
+        stdout(&text)
+    );
+    assert!(
+        stdout(&text).contains("host-b           this node"),
+        "{}",
+        stdout(&text)
+    );
+
+    assert!(
+        daemon.terminate(Duration::from_secs(5)).unwrap_or(false),
+        "clean exit on SIGTERM"
+    );
+}
+
+#[test]
+fn status_of_an_absent_daemon_says_so_and_exits_1() {
+    let out = run(
+        "clusterctl",
+        &["status", "--socket", "/nonexistent/api.sock"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the daemon at /nonexistent/api.sock"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_demo_starts_two_hosts_reports_and_stops() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path().display().to_string();
+    let out = run("clusterctl", &["--json", "demo", "--dir", &d]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let statuses: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let nodes: Vec<&str> = statuses
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["node"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(nodes, ["host-a", "host-b"]);
+    // The demo key is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        std::fs::metadata(dir.path().join("demo.key")).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600));
+}
