@@ -8,4 +8,5 @@
 
 pub mod api;
 pub mod daemon;
+pub mod fence;
 pub mod status;

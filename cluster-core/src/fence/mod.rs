@@ -1,0 +1,1 @@
+//! Fencing: devices that power a node off before its groups are taken over.
