@@ -8,5 +8,9 @@
 
 pub mod api;
 pub mod daemon;
+pub mod engine;
+pub mod events;
 pub mod fence;
+pub mod membership;
+pub mod statefile;
 pub mod status;

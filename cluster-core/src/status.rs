@@ -50,6 +50,37 @@ pub struct MemberStatus {
     pub name: String,
     /// State as seen from the reporting node.
     pub state: MemberState,
+    /// Per heartbeat link: carrying heartbeats from this member or not.
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
+    /// Milliseconds since a heartbeat from it arrived on any link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_ms: Option<u64>,
+    /// Datagrams claiming to be from it that were dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Dropped>,
+}
+
+/// One heartbeat link to a member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// Link name.
+    pub name: String,
+    /// Heartbeats arrive on it.
+    pub up: bool,
+}
+
+/// Dropped heartbeat datagrams, per reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// Failed authentication.
+    pub forged: u64,
+    /// Sequence number already seen.
+    pub replayed: u64,
+    /// From an older incarnation.
+    pub stale: u64,
+    /// Unreadable.
+    pub malformed: u64,
 }
 
 /// One group.
@@ -121,23 +152,10 @@ pub struct DomainStatus {
     pub managed: bool,
 }
 
-/// Members and groups as the configuration lists them, before any runtime
-/// knowledge: `node` itself is [`MemberState::Local`], every other member
-/// [`MemberState::Unknown`], every resource [`ResourceState::Unknown`].
-pub fn configured(config: &conf::Config, node: &str) -> (Vec<MemberStatus>, Vec<GroupStatus>) {
-    let members = config
-        .nodes
-        .iter()
-        .map(|n| MemberStatus {
-            name: n.name.clone(),
-            state: if n.name == node {
-                MemberState::Local
-            } else {
-                MemberState::Unknown
-            },
-        })
-        .collect();
-    let groups = config
+/// Groups as the configuration lists them, before any runtime knowledge:
+/// no owner, every resource [`ResourceState::Unknown`].
+pub fn configured_groups(config: &conf::Config) -> Vec<GroupStatus> {
+    config
         .groups
         .iter()
         .map(|g| GroupStatus {
@@ -154,6 +172,5 @@ pub fn configured(config: &conf::Config, node: &str) -> (Vec<MemberStatus>, Vec<
                 })
                 .collect(),
         })
-        .collect();
-    (members, groups)
+        .collect()
 }

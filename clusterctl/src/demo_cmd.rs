@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cluster_core::status::MemberState;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The embedded demo configuration (also `conf/examples/demo-hosts.toml`).
@@ -66,7 +67,10 @@ pub(crate) fn run(dir: &Path, keep_running: bool, json: bool) -> anyhow::Result<
     let mut statuses = Vec::new();
     for (name, socket) in &sockets {
         loop {
-            if let Ok(s) = crate::status_cmd::fetch(socket) {
+            // Ready once it has heard every peer.
+            if let Ok(s) = crate::status_cmd::fetch(socket)
+                && s.members.iter().all(|m| m.state != MemberState::Unknown)
+            {
                 statuses.push(s);
                 bar.inc(1);
                 break;

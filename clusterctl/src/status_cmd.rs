@@ -64,11 +64,33 @@ pub(crate) fn render(s: &NodeStatus) -> String {
     for m in &s.members {
         let state = match m.state {
             MemberState::Local => "this node",
-            MemberState::Unknown => "unknown (no membership yet)",
+            MemberState::Unknown => "unknown (not heard yet)",
             MemberState::Alive => "alive",
             MemberState::Lost => "LOST",
         };
-        let _ = writeln!(out, "  {:<16} {state}", m.name);
+        let mut line = format!("  {:<16} {state:<10}", m.name);
+        if !m.links.is_empty() {
+            let links: Vec<String> = m
+                .links
+                .iter()
+                .map(|l| format!("{}:{}", l.name, if l.up { "up" } else { "DOWN" }))
+                .collect();
+            let _ = write!(line, " links {}", links.join(" "));
+        }
+        if let Some(ms) = m.last_heard_ms {
+            let _ = write!(line, "  heard {ms} ms ago");
+        }
+        if let Some(d) = m
+            .dropped
+            .filter(|d| d.forged + d.replayed + d.stale + d.malformed > 0)
+        {
+            let _ = write!(
+                line,
+                "  dropped: {} forged, {} replayed, {} stale, {} malformed",
+                d.forged, d.replayed, d.stale, d.malformed
+            );
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     let _ = writeln!(out, "\nGroups:");
     if s.groups.is_empty() {

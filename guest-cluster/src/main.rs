@@ -26,10 +26,18 @@ async fn main() -> anyhow::Result<()> {
         socket = %start.api_socket.display(),
         "guest-clusterd starting"
     );
+    let engine = cluster_core::engine::Engine::start(
+        &start.config,
+        &start.config_file,
+        &start.node,
+        &start.state_dir,
+    )
+    .context("cannot start the cluster engine")?;
     let service = Arc::new(GuestService::new(
         start.config,
         start.config_file.display().to_string(),
         start.node,
+        engine,
     ));
     cluster_core::api::serve_unix(&start.api_socket, service, daemon::shutdown_signal())
         .await

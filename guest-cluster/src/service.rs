@@ -1,8 +1,10 @@
 //! The guest daemon's answer to control requests.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use cluster_core::api::{ApiError, Handler, Request, Response};
+use cluster_core::engine::Engine;
 use cluster_core::status::NodeStatus;
 
 /// Everything the guest daemon needs to answer requests.
@@ -12,21 +14,29 @@ pub struct GuestService {
     config_file: String,
     node: String,
     started: Instant,
+    engine: Arc<Engine>,
 }
 
 impl GuestService {
     /// A service for `node` of `config`.
-    pub fn new(config: conf::Config, config_file: String, node: String) -> Self {
+    pub fn new(
+        config: conf::Config,
+        config_file: String,
+        node: String,
+        engine: Arc<Engine>,
+    ) -> Self {
         Self {
             config,
             config_file,
             node,
             started: Instant::now(),
+            engine,
         }
     }
 
     fn status(&self) -> NodeStatus {
-        let (members, groups) = cluster_core::status::configured(&self.config, &self.node);
+        let members = self.engine.members();
+        let groups = cluster_core::status::configured_groups(&self.config);
         NodeStatus {
             cluster: self.config.cluster.name.clone(),
             kind: self.config.cluster.kind,

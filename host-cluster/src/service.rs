@@ -1,8 +1,10 @@
 //! The host daemon's answer to control requests.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use cluster_core::api::{ApiError, Handler, Request, Response};
+use cluster_core::engine::Engine;
 use cluster_core::status::{DomainStatus, HypervisorStatus, NodeStatus, ResourceState};
 use conf::ResourceKind;
 
@@ -15,6 +17,7 @@ pub struct HostService {
     config_file: String,
     node: String,
     started: Instant,
+    engine: Arc<Engine>,
     hypervisor: Hypervisor,
 }
 
@@ -24,6 +27,7 @@ impl HostService {
         config: conf::Config,
         config_file: String,
         node: String,
+        engine: Arc<Engine>,
         hypervisor: Hypervisor,
     ) -> Self {
         Self {
@@ -31,12 +35,14 @@ impl HostService {
             config_file,
             node,
             started: Instant::now(),
+            engine,
             hypervisor,
         }
     }
 
     async fn status(&self) -> NodeStatus {
-        let (members, mut groups) = cluster_core::status::configured(&self.config, &self.node);
+        let members = self.engine.members();
+        let mut groups = cluster_core::status::configured_groups(&self.config);
         let domains = self.hypervisor.inventory().await;
         let vm_names: Vec<&str> = self
             .config

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod cluster;
+pub mod netns;
+
 /// Where cargo put the workspace's binaries (`target/debug` for tests).
 pub fn bin_dir() -> PathBuf {
     // Test executables live in target/<profile>/deps.
@@ -50,6 +53,40 @@ pub fn example(name: &str) -> PathBuf {
     workspace_root().join("conf/examples").join(name)
 }
 
+/// Write a cluster key (mode 0600) to `path`.
+pub fn write_key(path: &Path) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key: String = (0..32)
+        .map(|i| char::from(b'a' + (i * 7 + std::process::id() as usize) as u8 % 26))
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let _ = writeln!(f, "{key}");
+}
+
+/// A private copy of the demo configuration in `dir`: its own key, state
+/// directory and a heartbeat port of its own, so tests run in parallel.
+pub fn demo_config(dir: &Path) -> PathBuf {
+    static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let port = 20000
+        + (std::process::id() % 20000) as u16
+        + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let text = std::fs::read_to_string(example("demo-hosts.toml"))
+        .unwrap_or_default()
+        .replace("/tmp/kvmha-demo", &dir.display().to_string())
+        .replace("port = 15405", &format!("port = {port}"));
+    let path = dir.join("demo-hosts.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    write_key(&dir.join("demo.key"));
+    path
+}
+
 /// Run a workspace binary to completion.
 pub fn run(name: &str, args: &[&str]) -> Output {
     Command::new(bin(name))
@@ -82,6 +119,35 @@ impl Proc {
             child,
             name: name.to_owned(),
         })
+    }
+
+    /// Start an already prepared command (e.g. one run inside a network
+    /// namespace); `name` is for messages, stderr goes to `log`.
+    pub fn from_command(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        Ok(Self {
+            child,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Send a signal (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.child.id()).context("pid")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).context("kill")?;
+        Ok(())
+    }
+
+    /// Whether the process has exited (and then how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// The process id.

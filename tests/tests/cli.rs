@@ -156,7 +156,7 @@ fn host_daemon_reports_its_hypervisor_through_the_control_socket() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let socket = dir.path().join("api.sock");
     let state = dir.path().join("state");
-    let config = example("demo-hosts.toml").display().to_string();
+    let config = testbed::demo_config(dir.path()).display().to_string();
     let mut daemon = Proc::spawn(
         "host-clusterd",
         &[

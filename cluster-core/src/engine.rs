@@ -1,0 +1,185 @@
+//! The engine a daemon runs: membership now; quorum, fencing and placement
+//! as they land. It turns membership changes into events and gives the
+//! daemon's services a view of the cluster for status.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::events::EventLog;
+use crate::membership::{self, Change, Liveness, Plan, Snapshot, wire};
+use crate::status::{LinkStatus, MemberState, MemberStatus};
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The cluster key is missing or unsafe.
+    #[error(transparent)]
+    Key(#[from] wire::KeyError),
+    /// The node is not in the configuration.
+    #[error("node `{0}` is not in the configuration")]
+    UnknownNode(String),
+    /// State could not be read or written.
+    #[error("state directory {path}")]
+    State {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Membership could not start.
+    #[error(transparent)]
+    Membership(#[from] membership::StartError),
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine {
+    node: String,
+    events: Arc<EventLog>,
+    membership: watch::Receiver<Snapshot>,
+    _view: watch::Sender<wire::View>,
+    incarnation: u64,
+}
+
+/// A short hash of the configuration file, carried in heartbeats so that
+/// nodes running different configurations can tell.
+pub fn config_generation(config_file: &Path) -> u64 {
+    let bytes = std::fs::read(config_file).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+impl Engine {
+    /// Start the engine of `node`: read the cluster key, take a new
+    /// incarnation, open the event log, start membership. Must run inside a
+    /// tokio runtime.
+    pub fn start(
+        config: &conf::Config,
+        config_file: &Path,
+        node: &str,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>, EngineError> {
+        let state_err = |source| EngineError::State {
+            path: state_dir.display().to_string(),
+            source,
+        };
+        let key = wire::ClusterKey::load(&config.cluster.name, &config.cluster.auth_key_file)?;
+        let plan = Plan::from_config(config, node)
+            .ok_or_else(|| EngineError::UnknownNode(node.to_owned()))?;
+        let incarnation = crate::statefile::next_incarnation(state_dir).map_err(state_err)?;
+        let events = Arc::new(EventLog::open(state_dir, node).map_err(state_err)?);
+        let view = wire::View {
+            config_generation: config_generation(config_file),
+            ..wire::View::default()
+        };
+        let names = plan.names.clone();
+        let links: Vec<String> = plan.links.iter().map(|l| l.name.clone()).collect();
+        let timeout_ms = plan.timeout.as_millis();
+        let m = membership::start(plan, key, incarnation, view)?;
+        events.emit(
+            "daemon_started",
+            json!({"incarnation": incarnation, "nodes": names, "links": links, "timeout_ms": timeout_ms}),
+        );
+        let membership::Membership {
+            snapshot,
+            mut changes,
+            view,
+        } = m;
+        let log = events.clone();
+        tokio::spawn(async move {
+            while let Some((at, change)) = changes.recv().await {
+                record(&log, &names, &links, at, change);
+            }
+        });
+        Ok(Arc::new(Self {
+            node: node.to_owned(),
+            events,
+            membership: snapshot,
+            _view: view,
+            incarnation,
+        }))
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    /// This daemon's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Every member as this node sees it, for status.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let snap = self.membership.borrow().clone();
+        snap.peers
+            .into_iter()
+            .map(|p| {
+                let state = if p.name == self.node {
+                    MemberState::Local
+                } else {
+                    match p.liveness {
+                        Liveness::Unknown => MemberState::Unknown,
+                        Liveness::Alive => MemberState::Alive,
+                        Liveness::Lost => MemberState::Lost,
+                    }
+                };
+                let local = state == MemberState::Local;
+                MemberStatus {
+                    name: p.name,
+                    state,
+                    links: if local {
+                        Vec::new()
+                    } else {
+                        p.links
+                            .into_iter()
+                            .map(|(name, up)| LinkStatus { name, up })
+                            .collect()
+                    },
+                    last_heard_ms: p.last_heard_ms,
+                    dropped: if local {
+                        None
+                    } else {
+                        Some(crate::status::Dropped {
+                            forged: p.drops.forged,
+                            replayed: p.drops.replayed,
+                            stale: p.drops.stale,
+                            malformed: p.drops.malformed,
+                        })
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+fn record(
+    log: &EventLog,
+    names: &[String],
+    links: &[String],
+    _at: std::time::Instant,
+    change: Change,
+) {
+    let name = |i: usize| names.get(i).cloned().unwrap_or_default();
+    let link = |i: usize| links.get(i).cloned().unwrap_or_default();
+    match change {
+        Change::PeerAlive { peer } => log.emit("peer_alive", json!({"peer": name(peer)})),
+        Change::PeerLost { peer, last_heard } => log.emit(
+            "peer_lost",
+            json!({"peer": name(peer), "silent_ms": last_heard.map(|t| t.elapsed().as_millis() as u64)}),
+        ),
+        Change::PeerRestarted { peer, incarnation } => {
+            log.emit("peer_restarted", json!({"peer": name(peer), "incarnation": incarnation}));
+        }
+        Change::LinkDown { peer, link: l } => log.emit("link_down", json!({"peer": name(peer), "link": link(l)})),
+        Change::LinkUp { peer, link: l } => log.emit("link_up", json!({"peer": name(peer), "link": link(l)})),
+    }
+}

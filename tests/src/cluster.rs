@@ -1,0 +1,256 @@
+//! A cluster of real daemons on a [`Net`]: writes the configuration and key,
+//! starts one `guest-clusterd` per node namespace, and reads back status
+//! and events.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cluster_core::api::{Request, Response};
+use cluster_core::status::NodeStatus;
+use serde_json::Value;
+
+use crate::netns::Net;
+use crate::{Proc, bin, write_key};
+
+/// What cluster to build.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Number of heartbeat links.
+    pub links: usize,
+    /// `heartbeat.interval`.
+    pub interval: &'static str,
+    /// `heartbeat.timeout`.
+    pub timeout: &'static str,
+    /// Give nodes IPv4 link addresses.
+    pub ipv4: bool,
+    /// Give nodes IPv6 link addresses.
+    pub ipv6: bool,
+    /// More TOML appended to the file (quorum, fencing, groups...).
+    pub extra: String,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            links: 1,
+            interval: "100ms",
+            timeout: "500ms",
+            ipv4: true,
+            ipv6: false,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running test cluster. Daemons are killed, then namespaces deleted,
+/// when it drops.
+#[derive(Debug)]
+pub struct Cluster {
+    daemons: Vec<Option<Proc>>,
+    /// The network.
+    pub net: Net,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Cluster {
+    /// Build the network, write the configuration and start every node.
+    pub fn start(spec: &Spec) -> anyhow::Result<Self> {
+        let net = Net::new(spec.nodes, spec.links)?;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, config_text(spec, &net, dir.path())).context("write config")?;
+        write_key(&dir.path().join("cluster.key"));
+        let mut cluster = Self {
+            daemons: (0..spec.nodes).map(|_| None).collect(),
+            net,
+            dir,
+            config,
+        };
+        for k in 0..spec.nodes {
+            cluster.start_node(k)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The test's directory (config, key, per-node state and logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Node `k`'s name.
+    pub fn name(k: usize) -> String {
+        format!("n{k}")
+    }
+
+    fn socket(&self, k: usize) -> PathBuf {
+        self.dir.path().join(format!("n{k}.sock"))
+    }
+
+    /// Node `k`'s state directory.
+    pub fn state_dir(&self, k: usize) -> PathBuf {
+        self.dir.path().join(format!("state-n{k}"))
+    }
+
+    /// (Re)start node `k`'s daemon and wait for its control socket.
+    pub fn start_node(&mut self, k: usize) -> anyhow::Result<()> {
+        let socket = self.socket(k);
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = self.net.command(k, &bin("guest-clusterd"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--node", &Self::name(k)])
+            .arg("--state-dir")
+            .arg(self.state_dir(k))
+            .arg("--api-socket")
+            .arg(&socket)
+            .env("RUST_LOG", "info");
+        let log = self.dir.path().join(format!("n{k}.log"));
+        let mut proc = Proc::from_command(&format!("n{k}"), cmd, &log)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(status) = proc.exited() {
+                bail!("n{k} exited at start ({status}):\n{}", self.log(k));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "n{k} did not open its control socket within 10 s:\n{}",
+                    self.log(k)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.daemons[k] = Some(proc);
+        Ok(())
+    }
+
+    /// Node `k`'s daemon log.
+    pub fn log(&self, k: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{k}.log"))).unwrap_or_default()
+    }
+
+    /// The daemon of node `k`.
+    pub fn daemon(&mut self, k: usize) -> Option<&mut Proc> {
+        self.daemons.get_mut(k).and_then(Option::as_mut)
+    }
+
+    /// kill -9 node `k`'s daemon (its process is gone, as on power loss).
+    pub fn kill(&mut self, k: usize) {
+        if let Some(p) = self.daemons.get_mut(k).and_then(Option::take) {
+            drop(p);
+        }
+    }
+
+    /// Node `k`'s status, from its control socket.
+    pub fn status(&self, k: usize) -> anyhow::Result<NodeStatus> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        match rt.block_on(cluster_core::api::call(&self.socket(k), &Request::Status))? {
+            Response::Status(s) => Ok(*s),
+        }
+    }
+
+    /// Node `k`'s events so far.
+    pub fn events(&self, k: usize) -> Vec<Value> {
+        std::fs::read_to_string(self.state_dir(k).join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Wait until node `k` has an event of `kind` matching `pred`; returns it.
+    pub fn wait_event(
+        &self,
+        k: usize,
+        kind: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self
+                .events(k)
+                .into_iter()
+                .find(|e| e["kind"] == kind && pred(e))
+            {
+                return Ok(e);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "n{k}: no `{kind}` event within {timeout:?}; events:\n{}\nlog:\n{}",
+                    self.events(k)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    self.log(k)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait until every node sees every other alive.
+    pub fn wait_converged(&self, timeout: Duration) -> anyhow::Result<()> {
+        let n = self.daemons.len();
+        crate::wait_until("every node to see every other alive", timeout, || {
+            (0..n).filter(|k| self.daemons[*k].is_some()).all(|k| {
+                self.status(k).is_ok_and(|s| {
+                    s.members.iter().enumerate().all(|(i, m)| {
+                        self.daemons[i].is_none()
+                            || m.state != cluster_core::status::MemberState::Unknown
+                                && m.state != cluster_core::status::MemberState::Lost
+                    })
+                })
+            })
+        })
+    }
+}
+
+fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "[cluster]\nname = \"test\"\nkind = \"guest\"\nauth_key_file = \"{}/cluster.key\"\nstate_dir = \"{}\"\n",
+        dir.display(),
+        dir.display()
+    );
+    let links: Vec<String> = (0..spec.links)
+        .map(|l| format!("{{ name = \"l{l}\" }}"))
+        .collect();
+    let _ = writeln!(
+        t,
+        "[heartbeat]\ninterval = \"{}\"\ntimeout = \"{}\"\nlinks = [{}]\n",
+        spec.interval,
+        spec.timeout,
+        links.join(", ")
+    );
+    let _ = writeln!(t, "[watchdog]\nkind = \"none\"\n");
+    for k in 0..spec.nodes {
+        let mut links = Vec::new();
+        for l in 0..spec.links {
+            let mut addrs = Vec::new();
+            if spec.ipv4 {
+                addrs.push(format!("\"{}/24\"", net.v4(k, l)));
+            }
+            if spec.ipv6 {
+                addrs.push(format!("\"{}/64\"", net.v6(k, l)));
+            }
+            links.push(format!("l{l} = [{}]", addrs.join(", ")));
+        }
+        let _ = writeln!(
+            t,
+            "[[nodes]]\nname = \"n{k}\"\nlinks = {{ {} }}\n",
+            links.join(", ")
+        );
+    }
+    t.push_str(&spec.extra);
+    t
+}
