@@ -154,7 +154,7 @@ fn ipv6_only_cluster_works() {
 
 /// Send raw datagrams to node `to` from inside node `from`'s namespace.
 fn send_from(c: &Cluster, from: usize, to: usize, datagrams: &[Vec<u8>]) {
-    let hexes: Vec<String> = datagrams.iter().map(hex_encode).collect();
+    let hexes: Vec<String> = datagrams.iter().map(|d| hex_encode(d)).collect();
     let script = format!(
         "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor h in sys.argv[1:]:\n    s.sendto(bytes.fromhex(h),('{}',5405))\n",
         c.net.v4(to, 0)
@@ -171,7 +171,7 @@ fn send_from(c: &Cluster, from: usize, to: usize, datagrams: &[Vec<u8>]) {
     );
 }
 
-fn hex_encode(b: &Vec<u8>) -> String {
+fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
