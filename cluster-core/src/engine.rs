@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::events::EventLog;
+use crate::fence::{AgentDevice, Device, Fencer};
+use crate::guard::{self, GuardParts, GuardState, LocalGroups, Takeover};
 use crate::membership::{self, Change, Liveness, Plan, Snapshot, wire};
-use crate::status::{LinkStatus, MemberState, MemberStatus};
+use crate::status::{LinkStatus, MemberState, MemberStatus, QuorumStatus, TakeoverStatus};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,18 @@ pub enum EngineError {
     /// Membership could not start.
     #[error(transparent)]
     Membership(#[from] membership::StartError),
+    /// A fence device is unusable.
+    #[error(transparent)]
+    Fence(#[from] crate::fence::FenceError),
+    /// The witness client could not be built.
+    #[error("witness")]
+    Witness(#[from] cluster_witness::WitnessError),
+    /// The witness token file could not be read.
+    #[error("witness token")]
+    WitnessToken(#[from] cluster_witness::TokenError),
+    /// The watchdog device is missing.
+    #[error("watchdog device {0} does not exist (set `watchdog.kind` to match this machine)")]
+    NoWatchdogDevice(String),
 }
 
 /// A running engine.
@@ -42,6 +56,8 @@ pub struct Engine {
     node: String,
     events: Arc<EventLog>,
     membership: watch::Receiver<Snapshot>,
+    guard: watch::Receiver<GuardState>,
+    disarm: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     _view: watch::Sender<wire::View>,
     incarnation: u64,
 }
@@ -65,6 +81,7 @@ impl Engine {
         config_file: &Path,
         node: &str,
         state_dir: &Path,
+        groups: Arc<dyn LocalGroups>,
     ) -> Result<Arc<Self>, EngineError> {
         let state_err = |source| EngineError::State {
             path: state_dir.display().to_string(),
@@ -73,6 +90,29 @@ impl Engine {
         let key = wire::ClusterKey::load(&config.cluster.name, &config.cluster.auth_key_file)?;
         let plan = Plan::from_config(config, node)
             .ok_or_else(|| EngineError::UnknownNode(node.to_owned()))?;
+        let me = plan.me;
+        let fencer = Arc::new(fencer(config)?);
+        let witness = match &config.quorum.witness {
+            None => None,
+            Some(w) => {
+                let token = w
+                    .token_file
+                    .as_deref()
+                    .map(cluster_witness::read_token_file)
+                    .transpose()?;
+                Some(cluster_witness::WitnessClient::new(
+                    &w.url,
+                    w.timeout.get(),
+                    w.ca_file.as_deref(),
+                    token.as_deref(),
+                )?)
+            }
+        };
+        if config.watchdog.kind == conf::WatchdogKind::Device && !config.watchdog.device.exists() {
+            return Err(EngineError::NoWatchdogDevice(
+                config.watchdog.device.display().to_string(),
+            ));
+        }
         let incarnation = crate::statefile::next_incarnation(state_dir).map_err(state_err)?;
         let events = Arc::new(EventLog::open(state_dir, node).map_err(state_err)?);
         let view = wire::View {
@@ -98,13 +138,75 @@ impl Engine {
                 record(&log, &names, &links, at, change);
             }
         });
+        let (guard, disarm) = guard::spawn(GuardParts {
+            config: Arc::new(config.clone()),
+            me,
+            membership: snapshot.clone(),
+            events: events.clone(),
+            fencer,
+            watchdog: config.watchdog.clone(),
+            groups,
+            witness,
+        });
         Ok(Arc::new(Self {
             node: node.to_owned(),
             events,
             membership: snapshot,
+            guard,
+            disarm: std::sync::Mutex::new(Some(disarm)),
             _view: view,
             incarnation,
         }))
+    }
+
+    /// Clean shutdown: disarm the watchdog so that stopping the daemon on
+    /// purpose does not reset the node.
+    pub async fn shutdown(&self) {
+        let disarm = self.disarm.lock().ok().and_then(|mut d| d.take());
+        if let Some(d) = disarm {
+            let _ = d.send(());
+            // Let the guard run its disarm before the runtime ends.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.events.emit("daemon_stopped", json!({}));
+    }
+
+    /// Quorum as the guard last decided it.
+    pub fn quorum(&self) -> Option<QuorumStatus> {
+        let g = self.guard.borrow();
+        g.quorum.as_ref().map(|d| QuorumStatus {
+            quorate: d.quorate,
+            votes: d.votes,
+            of: d.of,
+            reason: d.reason.to_owned(),
+            witness: g.witness.map(|w| format!("{w:?}").to_lowercase()),
+        })
+    }
+
+    /// Lost peers and whether their groups may move.
+    pub fn takeovers(&self) -> Vec<TakeoverStatus> {
+        self.guard
+            .borrow()
+            .takeovers
+            .iter()
+            .map(|(peer, t)| {
+                let (state, detail) = match t {
+                    Takeover::Fencing => ("fencing", None),
+                    Takeover::LeaseWait { remaining_ms } => {
+                        ("lease_wait", Some(format!("{remaining_ms} ms left")))
+                    }
+                    Takeover::Allowed { by } => ("allowed", Some(format!("by {by}"))),
+                    Takeover::Blocked => {
+                        ("blocked", Some("no fence device and no lease".to_owned()))
+                    }
+                };
+                TakeoverStatus {
+                    peer: peer.clone(),
+                    state: state.to_owned(),
+                    detail,
+                }
+            })
+            .collect()
     }
 
     /// The event log.
@@ -159,6 +261,22 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// The fence devices of the configuration this daemon can drive.
+fn fencer(config: &conf::Config) -> Result<Fencer, EngineError> {
+    let mut devices: Vec<Box<dyn Device>> = Vec::new();
+    for dev in &config.fencing {
+        match &dev.kind {
+            conf::FenceKind::Agent(_) => devices.push(Box::new(AgentDevice::from_config(dev)?)),
+            conf::FenceKind::Redfish(_) | conf::FenceKind::Host(_) => {
+                // Their drivers land with the host daemon and the linkage;
+                // until then these targets rely on their lease, or block.
+                tracing::warn!(device = %dev.name, "this fence device kind is not driven yet");
+            }
+        }
+    }
+    Ok(Fencer::new(devices))
 }
 
 fn record(

@@ -22,6 +22,12 @@ pub struct NodeStatus {
     pub config_file: String,
     /// Every configured node, as this daemon sees it.
     pub members: Vec<MemberStatus>,
+    /// Quorum as this daemon decided it last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumStatus>,
+    /// Lost peers and whether their groups may move yet.
+    #[serde(default)]
+    pub takeovers: Vec<TakeoverStatus>,
     /// Every configured group, as this daemon sees it.
     pub groups: Vec<GroupStatus>,
     /// Host daemons: this host's hypervisor.
@@ -41,6 +47,34 @@ pub enum MemberState {
     Alive,
     /// Silent on every link past the timeout.
     Lost,
+}
+
+/// Quorum of the reporting node's partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumStatus {
+    /// The partition may act.
+    pub quorate: bool,
+    /// Votes held.
+    pub votes: usize,
+    /// Votes that exist.
+    pub of: usize,
+    /// Why.
+    pub reason: String,
+    /// The witness's vote as held here (`granted`, `denied`, `unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<String>,
+}
+
+/// A lost peer's takeover state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverStatus {
+    /// The lost peer.
+    pub peer: String,
+    /// `fencing`, `lease_wait`, `allowed`, `blocked`.
+    pub state: String,
+    /// More.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// One member.

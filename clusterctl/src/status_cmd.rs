@@ -92,6 +92,31 @@ pub(crate) fn render(s: &NodeStatus) -> String {
         }
         let _ = writeln!(out, "{}", line.trim_end());
     }
+    if let Some(q) = &s.quorum {
+        let verdict = if q.quorate { "QUORATE" } else { "NOT QUORATE" };
+        let witness = q
+            .witness
+            .as_deref()
+            .map(|w| format!(", witness vote {w}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nQuorum: {verdict} ({} of {} votes: {}{witness})",
+            q.votes, q.of, q.reason
+        );
+    }
+    for t in &s.takeovers {
+        let _ = writeln!(
+            out,
+            "  takeover of {}: {}{}",
+            t.peer,
+            t.state,
+            t.detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(out, "\nGroups:");
     if s.groups.is_empty() {
         let _ = writeln!(out, "  (none)");

@@ -16,9 +16,18 @@ struct Args {
     daemon: DaemonArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The watchdog keeper is this same binary; it needs no runtime.
+    cluster_core::watchdog::run_keeper_if_requested();
     let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     daemon::init_logging(args.daemon.log_format);
     let start = daemon::startup(&args.daemon, conf::ClusterKind::Host)?;
     let node = start
@@ -42,8 +51,10 @@ async fn main() -> anyhow::Result<()> {
         &start.config_file,
         &start.node,
         &start.state_dir,
+        Arc::new(cluster_core::guard::NoGroups),
     )
     .context("cannot start the cluster engine")?;
+    let shutdown_engine = engine.clone();
     let service = Arc::new(HostService::new(
         start.config,
         start.config_file.display().to_string(),
@@ -54,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     cluster_core::api::serve_unix(&start.api_socket, service, daemon::shutdown_signal())
         .await
         .context("control API")?;
+    shutdown_engine.shutdown().await;
     tracing::info!("host-clusterd stopped");
     Ok(())
 }

@@ -93,6 +93,8 @@ impl HostService {
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             config_file: self.config_file.clone(),
             members,
+            quorum: self.engine.quorum(),
+            takeovers: self.engine.takeovers(),
             groups,
             hypervisor: Some(hypervisor),
         }

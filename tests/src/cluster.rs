@@ -29,8 +29,14 @@ pub struct Spec {
     pub ipv4: bool,
     /// Give nodes IPv6 link addresses.
     pub ipv6: bool,
-    /// More TOML appended to the file (quorum, fencing, groups...).
+    /// More TOML appended to the file (quorum, fencing, groups...);
+    /// `{dir}` is replaced by the test's directory.
     pub extra: String,
+    /// Namespaces on the same bridges that run no cluster node (a witness,
+    /// a ping target); they are the indexes after the nodes.
+    pub bystanders: usize,
+    /// The `[watchdog]` section's body (default `kind = "none"`).
+    pub watchdog: String,
 }
 
 impl Default for Spec {
@@ -43,6 +49,8 @@ impl Default for Spec {
             ipv4: true,
             ipv6: false,
             extra: String::new(),
+            bystanders: 0,
+            watchdog: "kind = \"none\"".into(),
         }
     }
 }
@@ -61,8 +69,15 @@ pub struct Cluster {
 impl Cluster {
     /// Build the network, write the configuration and start every node.
     pub fn start(spec: &Spec) -> anyhow::Result<Self> {
-        let net = Net::new(spec.nodes, spec.links)?;
+        Self::start_with(spec, |_| {})
+    }
+
+    /// Like [`Cluster::start`], running `prepare` on the test directory
+    /// before the daemons start (to write agent scripts and the like).
+    pub fn start_with(spec: &Spec, prepare: impl FnOnce(&Path)) -> anyhow::Result<Self> {
+        let net = Net::new(spec.nodes + spec.bystanders, spec.links)?;
         let dir = tempfile::tempdir()?;
+        prepare(dir.path());
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, config_text(spec, &net, dir.path())).context("write config")?;
         write_key(&dir.path().join("cluster.key"));
@@ -197,6 +212,21 @@ impl Cluster {
         }
     }
 
+    /// Whether node `k`'s daemon process has exited.
+    pub fn exited(&mut self, k: usize) -> bool {
+        self.daemons
+            .get_mut(k)
+            .and_then(Option::as_mut)
+            .is_some_and(|p| p.exited().is_some())
+    }
+
+    /// Whether node `k` is quorate, by its status.
+    pub fn quorate(&self, k: usize) -> Option<bool> {
+        self.status(k)
+            .ok()
+            .and_then(|s| s.quorum.map(|q| q.quorate))
+    }
+
     /// Wait until every node sees every other alive.
     pub fn wait_converged(&self, timeout: Duration) -> anyhow::Result<()> {
         let n = self.daemons.len();
@@ -232,7 +262,7 @@ fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
         spec.timeout,
         links.join(", ")
     );
-    let _ = writeln!(t, "[watchdog]\nkind = \"none\"\n");
+    let _ = writeln!(t, "[watchdog]\n{}\n", spec.watchdog);
     for k in 0..spec.nodes {
         let mut links = Vec::new();
         for l in 0..spec.links {
@@ -251,6 +281,6 @@ fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
             links.join(", ")
         );
     }
-    t.push_str(&spec.extra);
+    t.push_str(&spec.extra.replace("{dir}", &dir.display().to_string()));
     t
 }
