@@ -164,7 +164,10 @@ async fn run(
     let n = names.len();
     let hb = &p.config.heartbeat;
     let timeout = hb.timeout.get();
-    let tick = hb.interval.get().min(Duration::from_millis(50));
+    let tick = hb
+        .interval
+        .get()
+        .clamp(Duration::from_millis(20), Duration::from_millis(100));
     let lease = (p.config.watchdog.kind != conf::WatchdogKind::None).then(|| {
         (
             p.config.watchdog.lease.get(),
@@ -189,6 +192,12 @@ async fn run(
     let mut ping_in_flight = false;
     let mut entries: BTreeMap<usize, PeerEntry> = BTreeMap::new();
     let mut last_witness_error: Option<Instant> = None;
+    // Right after a start, peers are not heard yet: give membership time to
+    // form (Heartbeat's "initdead") before deciding that there is no quorum.
+    // What still runs here then was not taken over elsewhere: a takeover
+    // needs this host fenced or its lease expired, and either takes it down.
+    let started = Instant::now();
+    let startup_grace = timeout * 2;
 
     loop {
         tokio::select! {
@@ -353,7 +362,9 @@ async fn run(
             tie_break,
         });
 
-        if quorate != Some(decision.quorate) {
+        let forming =
+            quorate.is_none() && !decision.quorate && now.duration_since(started) < startup_grace;
+        if quorate != Some(decision.quorate) && !forming {
             let was = quorate;
             quorate = Some(decision.quorate);
             let detail =

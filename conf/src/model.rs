@@ -342,7 +342,8 @@ pub enum FenceKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FenceAgent {
-    /// Agent executable, e.g. `fence_ipmilan` (looked up in `/usr/sbin`).
+    /// Agent executable, e.g. `fence_ipmilan` (looked up in `/usr/sbin`,
+    /// `/sbin`, `/usr/bin`, `/bin`), or an absolute path.
     pub agent: String,
     /// `key=value` lines passed on the agent's stdin (`ip`, `username`, ...).
     #[serde(default)]

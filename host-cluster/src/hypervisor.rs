@@ -45,6 +45,7 @@ pub enum HypervisorError {
 
 enum Job {
     Inventory(oneshot::Sender<Result<Vec<DomainInfo>, HypervisorError>>),
+    Destroy(String, oneshot::Sender<Result<(), HypervisorError>>),
 }
 
 /// Handle to the libvirt worker thread of one hypervisor.
@@ -74,6 +75,15 @@ impl Hypervisor {
         &self.uri
     }
 
+    /// Power the domain `name` off at once (`virDomainDestroy`).
+    pub async fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Destroy(name.to_owned(), tx))
+            .map_err(|_| HypervisorError::WorkerGone)?;
+        rx.await.map_err(|_| HypervisorError::WorkerGone)?
+    }
+
     /// Every domain libvirt knows on this host, active or not.
     pub async fn inventory(&self) -> Result<Vec<DomainInfo>, HypervisorError> {
         let (tx, rx) = oneshot::channel();
@@ -94,6 +104,15 @@ fn worker(uri: &str, jobs: &mpsc::Receiver<Job>) {
                     // Re-open on the next request: libvirtd may have restarted.
                     conn = None;
                 }
+                let _ = reply.send(result);
+            }
+            Job::Destroy(name, reply) => {
+                let result = connection(uri, &mut conn).and_then(|c| {
+                    let dom = c
+                        .lookup_domain_by_name(&name)
+                        .map_err(|e| libvirt_err(uri, &e))?;
+                    dom.destroy().map_err(|e| libvirt_err(uri, &e))
+                });
                 let _ = reply.send(result);
             }
         }

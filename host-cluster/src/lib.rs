@@ -4,4 +4,5 @@
 //! built on the shared engine as it lands.
 
 pub mod hypervisor;
+pub mod local;
 pub mod service;

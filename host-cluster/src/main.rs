@@ -51,7 +51,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &start.config_file,
         &start.node,
         &start.state_dir,
-        Arc::new(cluster_core::guard::NoGroups),
+        Arc::new(host_cluster::local::HostVms::new(
+            &start.config,
+            hypervisor.clone(),
+        )),
     )
     .context("cannot start the cluster engine")?;
     let shutdown_engine = engine.clone();

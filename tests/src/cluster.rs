@@ -37,6 +37,10 @@ pub struct Spec {
     pub bystanders: usize,
     /// The `[watchdog]` section's body (default `kind = "none"`).
     pub watchdog: String,
+    /// A host cluster (`host-clusterd`, node `k` with the libvirt test
+    /// driver file `{dir}/n{k}.xml`, which `prepare` writes) instead of a
+    /// guest cluster.
+    pub host: bool,
 }
 
 impl Default for Spec {
@@ -51,8 +55,27 @@ impl Default for Spec {
             extra: String::new(),
             bystanders: 0,
             watchdog: "kind = \"none\"".into(),
+            host: false,
         }
     }
+}
+
+/// A libvirt test-driver host description running `domains` (each with
+/// 512 MiB and one vCPU), to write as `{dir}/n{k}.xml` for a host cluster.
+pub fn test_host_xml(domains: &[&str]) -> String {
+    let mut x = String::from(
+        "<node>\n  <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>\
+         <active>4</active><mhz>2000</mhz><model>x86_64</model></cpu>\n  <memory>16777216</memory>\n",
+    );
+    for d in domains {
+        let _ = writeln!(
+            x,
+            "  <domain type='test'><name>{d}</name><memory>524288</memory><vcpu>1</vcpu>\
+             <os><type>hvm</type></os></domain>"
+        );
+    }
+    x.push_str("</node>\n");
+    x
 }
 
 /// A running test cluster. Daemons are killed, then namespaces deleted,
@@ -60,6 +83,7 @@ impl Default for Spec {
 #[derive(Debug)]
 pub struct Cluster {
     daemons: Vec<Option<Proc>>,
+    daemon_bin: &'static str,
     /// The network.
     pub net: Net,
     dir: tempfile::TempDir,
@@ -83,6 +107,11 @@ impl Cluster {
         write_key(&dir.path().join("cluster.key"));
         let mut cluster = Self {
             daemons: (0..spec.nodes).map(|_| None).collect(),
+            daemon_bin: if spec.host {
+                "host-clusterd"
+            } else {
+                "guest-clusterd"
+            },
             net,
             dir,
             config,
@@ -116,7 +145,7 @@ impl Cluster {
     pub fn start_node(&mut self, k: usize) -> anyhow::Result<()> {
         let socket = self.socket(k);
         let _ = std::fs::remove_file(&socket);
-        let mut cmd = self.net.command(k, &bin("guest-clusterd"));
+        let mut cmd = self.net.command(k, &bin(self.daemon_bin));
         cmd.arg("--config")
             .arg(&self.config)
             .args(["--node", &Self::name(k)])
@@ -248,7 +277,8 @@ fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "[cluster]\nname = \"test\"\nkind = \"guest\"\nauth_key_file = \"{}/cluster.key\"\nstate_dir = \"{}\"\n",
+        "[cluster]\nname = \"test\"\nkind = \"{}\"\nauth_key_file = \"{}/cluster.key\"\nstate_dir = \"{}\"\n",
+        if spec.host { "host" } else { "guest" },
         dir.display(),
         dir.display()
     );
@@ -277,9 +307,13 @@ fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
         }
         let _ = writeln!(
             t,
-            "[[nodes]]\nname = \"n{k}\"\nlinks = {{ {} }}\n",
+            "[[nodes]]\nname = \"n{k}\"\nlinks = {{ {} }}",
             links.join(", ")
         );
+        if spec.host {
+            let _ = writeln!(t, "libvirt_uri = \"test://{}/n{k}.xml\"", dir.display());
+        }
+        t.push('\n');
     }
     t.push_str(&spec.extra.replace("{dir}", &dir.display().to_string()));
     t

@@ -12,14 +12,16 @@ use anyhow::{Context, bail};
 pub mod cluster;
 pub mod netns;
 
-/// Where cargo put the workspace's binaries (`target/debug` for tests).
+/// Where cargo put the workspace's binaries: `target/<profile>`, next to
+/// a benchmark binary or one level above a test executable (`deps/`).
 pub fn bin_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps.
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
 }
 
 /// The path of workspace binary `name`, building it first if it is missing

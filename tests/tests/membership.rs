@@ -57,6 +57,16 @@ fn three_nodes_kill_one_the_others_see_it_lost_within_the_timeout() {
     assert_eq!(member_state(&c, 0, 1), Some(MemberState::Alive));
     assert_eq!(member_state(&c, 1, 0), Some(MemberState::Alive));
     assert_eq!(member_state(&c, 0, 2), Some(MemberState::Lost));
+    // Two of three votes: the survivors keep quorum and never lost it.
+    std::thread::sleep(Duration::from_millis(300));
+    for k in [0, 1] {
+        assert_eq!(c.quorate(k), Some(true), "n{k} lost quorum");
+        assert!(
+            !c.events(k).iter().any(|e| e["kind"] == "quorum_lost"),
+            "n{k}: {:?}",
+            c.events(k)
+        );
+    }
 }
 
 #[test]

@@ -217,6 +217,10 @@ pub fn start(
     })
 }
 
+/// Longest delay before a heartbeat that changed nothing but last-heard
+/// times shows in the snapshot.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
 /// Rate limit for logging dropped datagrams: once per peer and reason.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -270,6 +274,12 @@ async fn run(
     let mut seq: u64 = 0;
     let mut logged: HashMap<(Option<usize>, &'static str), Instant> = HashMap::new();
 
+    // Observable changes (liveness, links, drops) are published at once;
+    // a heartbeat that only refreshes last-heard times is published at most
+    // every PUBLISH_EVERY, so that large clusters do not rebuild the
+    // snapshot for every datagram.
+    let mut dirty = false;
+    let mut published = Instant::now();
     loop {
         let mut changed = false;
         tokio::select! {
@@ -298,8 +308,9 @@ async fn run(
                 };
                 match outcome {
                     Ok(cs) => {
-                        changed = true;
+                        dirty = true;
                         for c in cs {
+                            changed = true;
                             let _ = change_tx.send((now, c));
                         }
                     }
@@ -310,8 +321,11 @@ async fn run(
                 }
             }
         }
-        if changed {
-            let _ = snap_tx.send(snapshot(&plan, &tracker, Instant::now()));
+        let now = Instant::now();
+        if changed || (dirty && now.duration_since(published) >= PUBLISH_EVERY) {
+            dirty = false;
+            published = now;
+            let _ = snap_tx.send(snapshot(&plan, &tracker, now));
         }
     }
 }

@@ -10,7 +10,15 @@ use std::time::{Duration, Instant};
 use testbed::cluster::{Cluster, Spec};
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only detection|load|footprint` runs one part.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let trials = if quick { 5 } else { 20 };
     println!(
         "# membership benchmark ({} cores)",
@@ -40,13 +48,18 @@ fn main() -> anyhow::Result<()> {
         println!("false losses {name:<10} with both cores saturated for {load_secs} s: {lost}");
     }
     for nodes in [3, 16, 32] {
-        let (rss_kb, cpu) = footprint(nodes, Duration::from_secs(if quick { 5 } else { 20 }))?;
+        if !part("footprint") {
+            break;
+        }
+        let (rss_kb, cpu, user) =
+            footprint(nodes, Duration::from_secs(if quick { 5 } else { 20 }))?;
         println!(
-            "footprint {nodes:>2} nodes (default timing): RSS per daemon max {} KiB (mean {} KiB), CPU per daemon max {:.2} % (mean {:.2} %) of one core",
+            "footprint {nodes:>2} nodes (default timing): RSS per daemon max {} KiB (mean {} KiB), CPU per daemon max {:.2} % (mean {:.2} %, of which user space {:.2} %) of one core",
             rss_kb.iter().max().copied().unwrap_or(0),
             rss_kb.iter().sum::<u64>() / rss_kb.len().max(1) as u64,
             cpu.iter().copied().fold(0.0, f64::max),
-            cpu.iter().sum::<f64>() / cpu.len().max(1) as f64
+            cpu.iter().sum::<f64>() / cpu.len().max(1) as f64,
+            user.iter().sum::<f64>() / user.len().max(1) as f64
         );
     }
     Ok(())
@@ -140,31 +153,43 @@ fn false_losses(
         .sum())
 }
 
-/// RSS (KiB) and CPU (% of one core) of every daemon over `window`.
-fn footprint(nodes: usize, window: Duration) -> anyhow::Result<(Vec<u64>, Vec<f64>)> {
+/// RSS (KiB), CPU and user-space CPU (% of one core) of every daemon over
+/// `window`.
+fn footprint(nodes: usize, window: Duration) -> anyhow::Result<(Vec<u64>, Vec<f64>, Vec<f64>)> {
     let mut c = Cluster::start(&spec(nodes, "200ms", "800ms"))?;
     c.wait_converged(Duration::from_secs(60))?;
     let pids: Vec<u32> = (0..nodes)
         .filter_map(|k| c.daemon(k).map(|d| d.pid()))
         .collect();
-    let ticks = |pid: u32| -> u64 {
+    // (utime, stime) in clock ticks.
+    let ticks = |pid: u32| -> (u64, u64) {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
                 let after = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-                Some(after.get(11)?.parse::<u64>().ok()? + after.get(12)?.parse::<u64>().ok()?)
+                Some((
+                    after.get(11)?.parse::<u64>().ok()?,
+                    after.get(12)?.parse::<u64>().ok()?,
+                ))
             })
-            .unwrap_or(0)
+            .unwrap_or((0, 0))
     };
-    let before: Vec<u64> = pids.iter().map(|&p| ticks(p)).collect();
+    let before: Vec<(u64, u64)> = pids.iter().map(|&p| ticks(p)).collect();
     let start = Instant::now();
     std::thread::sleep(window);
     let secs = start.elapsed().as_secs_f64();
     let hz = 100.0; // USER_HZ on Linux
-    let cpu = pids
+    let after: Vec<(u64, u64)> = pids.iter().map(|&p| ticks(p)).collect();
+    let pct = |t: u64| t as f64 / hz / secs * 100.0;
+    let cpu = after
         .iter()
         .zip(&before)
-        .map(|(&p, &b)| (ticks(p).saturating_sub(b)) as f64 / hz / secs * 100.0)
+        .map(|(a, b)| pct((a.0 + a.1).saturating_sub(b.0 + b.1)))
+        .collect();
+    let user = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| pct(a.0.saturating_sub(b.0)))
         .collect();
     let rss = pids
         .iter()
@@ -179,5 +204,5 @@ fn footprint(nodes: usize, window: Duration) -> anyhow::Result<(Vec<u64>, Vec<f6
                 .unwrap_or(0)
         })
         .collect();
-    Ok((rss, cpu))
+    Ok((rss, cpu, user))
 }
