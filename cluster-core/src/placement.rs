@@ -211,7 +211,7 @@ pub enum NodeState {
 
 /// A group's state on one node, as that node reports it. A group absent
 /// from a node's report is stopped there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Starting.

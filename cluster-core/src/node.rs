@@ -1,0 +1,1337 @@
+//! The deciding engine of one node, without I/O: the daemons drive it with
+//! real time, real peers and real drivers; the simulator drives the very
+//! same code in virtual time with fake ones.
+//!
+//! Each call takes the time (`now_ms`, wall clock in milliseconds) and
+//! returns [`Effect`]s for its caller to carry out, in order. The first
+//! effect of a step that changed durable state is [`Effect::Persist`]: the
+//! caller writes it before it carries out the rest, so a crash never acts on
+//! something that was not recorded.
+//!
+//! What it does, per step:
+//!
+//! 1. **Adopt** the newest placement ([`Published`], by epoch) seen from any
+//!    peer with the same configuration.
+//! 2. **Coordinate**, when this node is the lowest-ordered live node of a
+//!    quorate partition: apply operator requests that peers carry in their
+//!    views until they see them applied, run [`placement::place`], and
+//!    publish a new epoch when anything changed.
+//! 3. **Act** on its own groups: start what is assigned here once no other
+//!    node reports the group in any state but stopped and the groups it
+//!    starts after run; stop what is not assigned here; stop a doubly
+//!    active group at once on the lower-priority node; run monitors and the
+//!    recovery ladder (restart here N times, then fail over M times, then
+//!    the final action).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::placement::{
+    self, Decision, Facts, GroupFacts, GroupId, NodeId, NodeState, Reason, RunState, Topology,
+};
+use crate::resource::{ActionContext, ActionOutcome, CheckOutcome, Probe, StartReason};
+
+/// Version of the persisted [`LocalState`] format.
+pub const STATE_VERSION: u32 = 1;
+
+/// One group in a [`Published`] placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The node it should run on.
+    pub node: Option<u16>,
+    /// Why.
+    pub reason: Reason,
+    /// The operator wants it running.
+    pub wanted: bool,
+    /// Placed by a manual move (automatic fail-back waits for its next
+    /// failover).
+    pub moved: bool,
+    /// Nodes excluded after repeated failures, with when (ms).
+    pub excluded: BTreeMap<u16, u64>,
+    /// When the recovery ladder failed it over (ms), within the window.
+    pub failovers: Vec<u64>,
+    /// Bumped by `clusterctl clear`: nodes reset their local counts.
+    pub cleared: u64,
+}
+
+/// A placement as the coordinator published it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// Grows with every change.
+    pub epoch: u64,
+    /// Who published it.
+    pub coordinator: u16,
+    /// The configuration it was computed for.
+    pub config_generation: u64,
+    /// One entry per configured group.
+    pub groups: Vec<Assignment>,
+    /// Per node, the newest operator request applied.
+    pub applied: BTreeMap<u16, u64>,
+}
+
+/// An operator request (or a node's own request to be excluded), carried
+/// in the requesting node's view until a placement shows it applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpRequest {
+    /// Grows per requesting node.
+    pub id: u64,
+    /// The group.
+    pub group: u16,
+    /// What.
+    pub op: Op,
+}
+
+/// What an [`OpRequest`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Run the group.
+    Start,
+    /// Stop the group everywhere.
+    Stop,
+    /// Move it once (to a node, or anywhere else).
+    Move {
+        /// The node, if one was named.
+        to: Option<u16>,
+    },
+    /// Forget failures and exclusions; unblock it.
+    Clear,
+    /// The requesting node used up its restarts: exclude it.
+    Exclude,
+}
+
+/// What a node tells its peers (inside its heartbeats).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineView {
+    /// Groups not stopped here, by index, with their state.
+    pub groups: BTreeMap<u16, RunState>,
+    /// The newest placement this node has.
+    pub published: Option<Published>,
+    /// Requests not yet applied.
+    pub requests: Vec<OpRequest>,
+    /// This node is in maintenance.
+    pub maintenance: bool,
+    /// This node has probed every group (it knows what runs here).
+    pub settled: bool,
+}
+
+/// How a resource operation ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpResult {
+    /// A start or stop.
+    Done(ActionOutcome),
+    /// A probe.
+    Probed(Probe),
+}
+
+/// What a node knows of the cluster at one step.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterInput {
+    /// This node's partition is quorate.
+    pub quorate: bool,
+    /// Peers heard from (configuration indexes), with their views.
+    pub alive: BTreeMap<NodeId, Option<EngineView>>,
+    /// Lost peers known to be down (fenced or lease expired).
+    pub down: BTreeSet<NodeId>,
+    /// The configuration generation each alive peer runs (a peer with
+    /// another configuration is not listened to).
+    pub generations: BTreeMap<NodeId, u64>,
+}
+
+/// Durable local state: written before it is acted on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalState {
+    /// Format version.
+    pub version: u32,
+    /// The newest placement seen.
+    pub published: Option<Published>,
+    /// Requests not yet seen applied.
+    pub requests: Vec<OpRequest>,
+    /// The next request id.
+    pub next_request: u64,
+    /// Restarts per group here (ms), within the window.
+    pub restarts: BTreeMap<u16, Vec<u64>>,
+    /// Groups that may be active here (start begun, stop not finished).
+    pub active: BTreeSet<u16>,
+    /// Groups blocked here by a failed stop.
+    pub blocked: BTreeSet<u16>,
+    /// This node is in maintenance.
+    pub maintenance: bool,
+    /// The `cleared` counter seen per group.
+    pub cleared: BTreeMap<u16, u64>,
+}
+
+impl Default for LocalState {
+    fn default() -> Self {
+        Self {
+            version: STATE_VERSION,
+            published: None,
+            requests: Vec::new(),
+            next_request: 1,
+            restarts: BTreeMap::new(),
+            active: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+            maintenance: false,
+            cleared: BTreeMap::new(),
+        }
+    }
+}
+
+/// A resource operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceOp {
+    /// Start.
+    Start,
+    /// Stop.
+    Stop,
+    /// Probe.
+    Probe,
+}
+
+/// Something the caller must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Write this state durably before carrying out the effects after it.
+    Persist(Box<LocalState>),
+    /// Run a resource operation; report it with [`NodeCore::on_resource`].
+    Resource {
+        /// Group.
+        group: GroupId,
+        /// Resource index in the group.
+        resource: usize,
+        /// Operation.
+        op: ResourceOp,
+        /// Context for the driver.
+        ctx: ActionContext,
+    },
+    /// Run a monitor check; report it with [`NodeCore::on_check`].
+    Check {
+        /// Group.
+        group: GroupId,
+        /// Monitor index in the group.
+        monitor: usize,
+        /// Time allowed.
+        timeout: Duration,
+    },
+    /// Record an event.
+    Event {
+        /// Kind.
+        kind: &'static str,
+        /// Details (a JSON object).
+        details: Value,
+    },
+    /// The recovery ladder's final action, or a failed stop: fence this
+    /// node (stop feeding the watchdog and die; peers fence it).
+    FenceSelf {
+        /// Why.
+        why: String,
+    },
+    /// The recovery ladder's final action: stop this daemon (its groups
+    /// are stopped first).
+    StopDaemon {
+        /// Why.
+        why: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopWhy {
+    /// Not assigned here (moved, failed over, stopped by the operator).
+    Unassigned,
+    /// Restart from this resource (recovery).
+    Recover(usize),
+    /// The ladder fails the group over.
+    Failover,
+    /// A start failed: clean up, then ask to be excluded.
+    StartFailed,
+    /// Another node runs it with a higher priority.
+    DoubleActivity,
+    /// Found in an unknown state: stop to be sure.
+    Unknown,
+    /// The daemon stops.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Probing resource by resource at start-up.
+    Probing {
+        next: usize,
+        running: usize,
+        unknown: bool,
+    },
+    Stopped,
+    Starting {
+        next: usize,
+        reason: StartReason,
+    },
+    Running,
+    /// Stopping resource `next` and those below it, down to `down_to`.
+    Stopping {
+        next: usize,
+        down_to: usize,
+        why: StopWhy,
+    },
+    /// A stop failed and the policy is to block.
+    StopFailed,
+}
+
+#[derive(Clone, Debug)]
+struct LocalGroup {
+    phase: Phase,
+    busy: bool,
+    /// When the group last reached `Running` here (ms).
+    running_since: Option<u64>,
+    /// Per monitor: next check due (ms) and whether one is in flight.
+    checks: Vec<(u64, bool)>,
+    /// Why the current start happened (for stop contexts).
+    last_reason: StartReason,
+}
+
+/// The engine of one node.
+#[derive(Debug)]
+pub struct NodeCore {
+    config: Arc<conf::Config>,
+    topo: Arc<Topology>,
+    me: NodeId,
+    generation: u64,
+    state: LocalState,
+    groups: Vec<LocalGroup>,
+    dirty: bool,
+    shutting_down: bool,
+    /// The facts and decision of the last coordination, for status.
+    last_facts: Option<Facts>,
+}
+
+fn u16_of(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+impl NodeCore {
+    /// The engine of node `me` of `config`, resuming from `state` (the
+    /// persisted state of a previous run, or the default). Every group
+    /// starts by probing its resources.
+    pub fn new(
+        config: Arc<conf::Config>,
+        me: NodeId,
+        generation: u64,
+        mut state: LocalState,
+    ) -> Self {
+        let topo = Arc::new(Topology::from_config(&config));
+        // A placement for another configuration is of no use.
+        if state.published.as_ref().is_some_and(|p| {
+            p.config_generation != generation || p.groups.len() != topo.groups.len()
+        }) {
+            state.published = None;
+        }
+        let groups = config
+            .groups
+            .iter()
+            .map(|g| LocalGroup {
+                phase: Phase::Probing {
+                    next: 0,
+                    running: 0,
+                    unknown: false,
+                },
+                busy: false,
+                running_since: None,
+                checks: vec![(0, false); g.monitors.len()],
+                last_reason: StartReason::Start,
+            })
+            .collect();
+        Self {
+            config,
+            topo,
+            me,
+            generation,
+            state,
+            groups,
+            dirty: false,
+            shutting_down: false,
+            last_facts: None,
+        }
+    }
+
+    /// The topology placement works on.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topo
+    }
+
+    /// The durable state.
+    pub fn state(&self) -> &LocalState {
+        &self.state
+    }
+
+    /// The newest placement this node has.
+    pub fn published(&self) -> Option<&Published> {
+        self.state.published.as_ref()
+    }
+
+    /// The group's state here (`None`: stopped).
+    pub fn run_state(&self, g: GroupId) -> Option<RunState> {
+        let lg = self.groups.get(g)?;
+        match &lg.phase {
+            Phase::Stopped => None,
+            Phase::Probing { .. } => Some(RunState::Unknown),
+            Phase::Starting { .. } => Some(RunState::Starting),
+            Phase::Running => Some(RunState::Running),
+            Phase::Stopping { .. } => Some(RunState::Stopping),
+            Phase::StopFailed => Some(RunState::StopFailed),
+        }
+    }
+
+    /// Whether every group has been probed (the node knows what runs here).
+    pub fn settled(&self) -> bool {
+        self.groups
+            .iter()
+            .all(|g| !matches!(g.phase, Phase::Probing { .. }))
+    }
+
+    /// Whether nothing runs here and no action is in flight (after
+    /// [`NodeCore::shutdown`], the daemon may exit).
+    pub fn idle(&self) -> bool {
+        self.groups
+            .iter()
+            .all(|g| !g.busy && matches!(g.phase, Phase::Stopped | Phase::StopFailed))
+    }
+
+    /// What this node tells its peers.
+    pub fn view(&self) -> EngineView {
+        EngineView {
+            groups: (0..self.groups.len())
+                .filter_map(|g| self.run_state(g).map(|s| (u16_of(g), s)))
+                .collect(),
+            published: self.state.published.clone(),
+            requests: self.state.requests.clone(),
+            maintenance: self.state.maintenance,
+            settled: self.settled(),
+        }
+    }
+
+    /// Queue an operator request (`clusterctl group ...`); it travels in
+    /// this node's view until the coordinator applies it.
+    pub fn request(&mut self, group: GroupId, op: Op) -> u64 {
+        let id = self.state.next_request;
+        self.state.next_request += 1;
+        self.state.requests.push(OpRequest {
+            id,
+            group: u16_of(group),
+            op,
+        });
+        self.dirty = true;
+        id
+    }
+
+    /// Put this node in or out of maintenance: its groups move away.
+    pub fn set_maintenance(&mut self, on: bool) {
+        if self.state.maintenance != on {
+            self.state.maintenance = on;
+            self.dirty = true;
+        }
+    }
+
+    /// Stop every group here; the daemon exits once [`NodeCore::idle`].
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// Force-forget what runs here after the caller force-stopped
+    /// everything (quorum lost): every group is stopped.
+    pub fn forget_all_running(&mut self) {
+        for lg in &mut self.groups {
+            if !lg.busy {
+                lg.phase = Phase::Stopped;
+                lg.running_since = None;
+            }
+        }
+        self.state.active.clear();
+        self.dirty = true;
+    }
+
+    /// The decision for each group and its reason in words, if a placement
+    /// is known.
+    pub fn decisions(&self) -> Vec<Option<(Option<NodeId>, String)>> {
+        (0..self.topo.groups.len())
+            .map(|g| {
+                let a = self.state.published.as_ref()?.groups.get(g)?;
+                Some((a.node.map(usize::from), a.reason.describe(&self.topo)))
+            })
+            .collect()
+    }
+
+    /// Restart counts here, per group (within their windows).
+    pub fn restarts(&self, g: GroupId) -> usize {
+        self.state.restarts.get(&u16_of(g)).map_or(0, Vec::len)
+    }
+
+    fn ctx(&self, g: GroupId, r: usize, reason: StartReason, timeout: Duration) -> ActionContext {
+        let group = &self.config.groups[g];
+        let published = self.state.published.as_ref();
+        let previous = published.and_then(|p| match &p.groups.get(g)?.reason {
+            Reason::FailedOver { from } | Reason::FailedBack { from } => Some(*from),
+            Reason::Moved { from } => *from,
+            _ => None,
+        });
+        ActionContext {
+            group: group.name.clone(),
+            resource: group
+                .resources
+                .get(r)
+                .map(|x| x.name.clone())
+                .unwrap_or_default(),
+            node: self.topo.nodes[self.me].clone(),
+            reason,
+            previous_owner: previous.and_then(|n| self.topo.nodes.get(n).cloned()),
+            previous_owner_fenced: false,
+            timeout,
+        }
+    }
+
+    fn resource_timeout(&self, g: GroupId, r: usize, op: ResourceOp) -> Duration {
+        let res = &self.config.groups[g].resources[r];
+        match op {
+            ResourceOp::Start => res.start_timeout.get(),
+            ResourceOp::Stop => res.stop_timeout.get(),
+            ResourceOp::Probe => res.stop_timeout.get().min(Duration::from_secs(30)),
+        }
+    }
+
+    fn run(&mut self, out: &mut Vec<Effect>, g: GroupId, r: usize, op: ResourceOp) {
+        let reason = self.groups[g].last_reason;
+        let timeout = self.resource_timeout(g, r, op);
+        let ctx = self.ctx(g, r, reason, timeout);
+        self.groups[g].busy = true;
+        out.push(Effect::Resource {
+            group: g,
+            resource: r,
+            op,
+            ctx,
+        });
+    }
+
+    fn event(
+        &self,
+        out: &mut Vec<Effect>,
+        kind: &'static str,
+        mut details: Value,
+        g: Option<GroupId>,
+    ) {
+        if let (Some(g), Value::Object(m)) = (g, &mut details) {
+            m.insert("group".into(), self.topo.groups[g].name.clone().into());
+        }
+        out.push(Effect::Event { kind, details });
+    }
+
+    fn finish(&mut self, mut out: Vec<Effect>) -> Vec<Effect> {
+        if self.dirty {
+            self.dirty = false;
+            out.insert(0, Effect::Persist(Box::new(self.state.clone())));
+        }
+        out
+    }
+
+    /// One step: adopt, coordinate, act. Call it on every membership or
+    /// view change and at least every 100 ms.
+    pub fn step(&mut self, now_ms: u64, input: &ClusterInput) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.adopt(&mut out, input);
+        // Coordinate only once every live node (this one included) knows
+        // what runs on it: a node still probing could run anything.
+        let all_settled = self.settled()
+            && input
+                .alive
+                .values()
+                .all(|v| v.as_ref().is_some_and(|v| v.settled));
+        if input.quorate && all_settled && self.is_coordinator(input) {
+            self.coordinate(&mut out, now_ms, input);
+        }
+        self.act(&mut out, now_ms, input);
+        self.finish(out)
+    }
+
+    /// Whether this node coordinates: the lowest-ordered live node of its
+    /// partition.
+    pub fn is_coordinator(&self, input: &ClusterInput) -> bool {
+        input.alive.keys().all(|&p| p > self.me)
+    }
+
+    fn adopt(&mut self, out: &mut Vec<Effect>, input: &ClusterInput) {
+        let mine = self.state.published.as_ref().map_or(0, |p| p.epoch);
+        let newest = input
+            .alive
+            .iter()
+            .filter(|(p, _)| {
+                input
+                    .generations
+                    .get(p)
+                    .is_none_or(|g| *g == self.generation)
+            })
+            .filter_map(|(_, v)| v.as_ref()?.published.as_ref())
+            .filter(|p| {
+                p.config_generation == self.generation && p.groups.len() == self.topo.groups.len()
+            })
+            .max_by_key(|p| p.epoch);
+        if let Some(p) = newest
+            && p.epoch > mine
+        {
+            self.state.published = Some(p.clone());
+            self.dirty = true;
+        }
+        // Requests the placement shows applied are done.
+        if let Some(p) = &self.state.published {
+            let applied = p.applied.get(&u16_of(self.me)).copied().unwrap_or(0);
+            let before = self.state.requests.len();
+            self.state.requests.retain(|r| r.id > applied);
+            if self.state.requests.len() != before {
+                self.dirty = true;
+            }
+            // `clusterctl clear`: forget local restarts, unblock.
+            for (g, a) in p.groups.iter().enumerate() {
+                let gk = u16_of(g);
+                let seen = self.state.cleared.get(&gk).copied().unwrap_or(0);
+                if a.cleared > seen {
+                    self.state.cleared.insert(gk, a.cleared);
+                    self.state.restarts.remove(&gk);
+                    if self.state.blocked.remove(&gk) {
+                        if let Some(lg) = self.groups.get_mut(g) {
+                            lg.phase = Phase::Probing {
+                                next: 0,
+                                running: 0,
+                                unknown: false,
+                            };
+                        }
+                        self.event(out, "group_unblocked", json!({}), Some(g));
+                    }
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn node_states(&self, input: &ClusterInput) -> Vec<NodeState> {
+        (0..self.topo.nodes.len())
+            .map(|n| {
+                let maintenance = if n == self.me {
+                    Some(self.state.maintenance)
+                } else {
+                    input
+                        .alive
+                        .get(&n)
+                        .map(|v| v.as_ref().is_some_and(|v| v.maintenance))
+                };
+                match maintenance {
+                    Some(true) => NodeState::Maintenance,
+                    Some(false) => NodeState::Up,
+                    None if input.down.contains(&n) => NodeState::Down,
+                    None => NodeState::Unsafe,
+                }
+            })
+            .collect()
+    }
+
+    fn run_states(&self, input: &ClusterInput, g: GroupId) -> Vec<(NodeId, RunState)> {
+        let gk = u16_of(g);
+        let mut runs: Vec<(NodeId, RunState)> = Vec::new();
+        if let Some(s) = self.run_state(g) {
+            runs.push((self.me, s));
+        }
+        for (&p, v) in &input.alive {
+            match v {
+                Some(v) => {
+                    if let Some(s) = v.groups.get(&gk) {
+                        runs.push((p, *s));
+                    }
+                }
+                // Alive but no view yet: it may run anything.
+                None => runs.push((p, RunState::Unknown)),
+            }
+        }
+        runs.sort_unstable();
+        runs
+    }
+
+    fn coordinate(&mut self, out: &mut Vec<Effect>, now_ms: u64, input: &ClusterInput) {
+        let n_groups = self.topo.groups.len();
+        let base = self.state.published.clone().unwrap_or_else(|| Published {
+            epoch: 0,
+            coordinator: u16_of(self.me),
+            config_generation: self.generation,
+            groups: self
+                .config
+                .groups
+                .iter()
+                .map(|g| Assignment {
+                    node: None,
+                    reason: Reason::NoNode {
+                        rejected: Vec::new(),
+                    },
+                    wanted: g.autostart,
+                    moved: false,
+                    excluded: BTreeMap::new(),
+                    failovers: Vec::new(),
+                    cleared: 0,
+                })
+                .collect(),
+            applied: BTreeMap::new(),
+        });
+        let mut next = base.clone();
+        next.coordinator = u16_of(self.me);
+
+        // Operator and exclusion requests from every live node, oldest first.
+        let mut moves: BTreeMap<GroupId, Option<NodeId>> = BTreeMap::new();
+        let mut requests: Vec<(NodeId, OpRequest)> = self
+            .state
+            .requests
+            .iter()
+            .map(|r| (self.me, r.clone()))
+            .collect();
+        for (&p, v) in &input.alive {
+            if let Some(v) = v
+                && input
+                    .generations
+                    .get(&p)
+                    .is_none_or(|g| *g == self.generation)
+            {
+                requests.extend(v.requests.iter().map(|r| (p, r.clone())));
+            }
+        }
+        for (from, r) in requests {
+            let applied = next.applied.entry(u16_of(from)).or_insert(0);
+            if r.id <= *applied {
+                continue;
+            }
+            *applied = r.id;
+            let g = usize::from(r.group);
+            let Some(a) = next.groups.get_mut(g) else {
+                continue;
+            };
+            let node = &self.topo.nodes[from];
+            match r.op {
+                Op::Start => a.wanted = true,
+                Op::Stop => a.wanted = false,
+                Op::Move { to } => {
+                    a.wanted = true;
+                    moves.insert(g, to.map(usize::from));
+                }
+                Op::Clear => {
+                    a.excluded.clear();
+                    a.failovers.clear();
+                    a.moved = false;
+                    a.cleared += 1;
+                }
+                Op::Exclude => {
+                    a.excluded.insert(u16_of(from), now_ms);
+                    a.failovers.push(now_ms);
+                }
+            }
+            self.event(
+                out,
+                "request_applied",
+                json!({"from": node, "id": r.id, "op": r.op}),
+                Some(g),
+            );
+        }
+
+        // Failure windows.
+        for (g, a) in next.groups.iter_mut().enumerate() {
+            let window = self.failure_window(g);
+            a.excluded.retain(|_, t| now_ms.saturating_sub(*t) < window);
+            a.failovers.retain(|t| now_ms.saturating_sub(*t) < window);
+        }
+
+        let facts = Facts {
+            nodes: self.node_states(input),
+            groups: (0..n_groups)
+                .map(|g| {
+                    let a = &next.groups[g];
+                    GroupFacts {
+                        wanted: a.wanted,
+                        runs: self.run_states(input, g),
+                        assigned: a.node.map(usize::from),
+                        moved: a.moved,
+                        move_to: moves.get(&g).copied(),
+                        excluded: a.excluded.keys().map(|n| usize::from(*n)).collect(),
+                    }
+                })
+                .collect(),
+        };
+        let placement = placement::place(&self.topo, &facts);
+        for refused in &placement.refused_moves {
+            self.event(
+                out,
+                "move_refused",
+                json!({"to": refused.to.and_then(|n| self.topo.nodes.get(n)), "why": refused.why}),
+                Some(refused.group),
+            );
+        }
+        for (g, Decision { node, reason }) in placement.groups.into_iter().enumerate() {
+            let a = &mut next.groups[g];
+            a.moved = matches!(reason, Reason::Moved { .. } | Reason::StaysMoved);
+            let node = node.map(u16_of);
+            if a.node != node {
+                self.event(
+                    out,
+                    "group_placed",
+                    json!({
+                        "node": node.and_then(|n| self.topo.nodes.get(usize::from(n))),
+                        "from": a.node.and_then(|n| self.topo.nodes.get(usize::from(n))),
+                        "reason": reason.describe(&self.topo),
+                    }),
+                    Some(g),
+                );
+            }
+            // A group that stays keeps the reason it came here for: "failed
+            // over from n0" says more than "stays where it runs".
+            let keep = a.node == node && reason == Reason::Stays && a.node.is_some();
+            a.node = node;
+            if !keep {
+                a.reason = reason;
+            }
+        }
+        self.last_facts = Some(facts);
+        let changed = Published {
+            epoch: 0,
+            coordinator: 0,
+            ..next.clone()
+        } != Published {
+            epoch: 0,
+            coordinator: 0,
+            ..base.clone()
+        } || base.epoch == 0
+            || base.coordinator != next.coordinator;
+        if changed {
+            next.epoch = base.epoch + 1;
+            self.event(
+                out,
+                "placement_published",
+                json!({"epoch": next.epoch}),
+                None,
+            );
+            self.state.published = Some(next);
+            self.dirty = true;
+        }
+    }
+
+    fn failure_window(&self, g: GroupId) -> u64 {
+        self.config.groups[g]
+            .monitors
+            .iter()
+            .map(|m| m.recovery.window.get())
+            .max()
+            .unwrap_or(conf::Recovery::default().window.get())
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn assigned_here(&self, g: GroupId) -> bool {
+        !self.shutting_down
+            && !self.state.maintenance
+            && self.state.published.as_ref().is_some_and(|p| {
+                p.groups
+                    .get(g)
+                    .is_some_and(|a| a.wanted && a.node == Some(u16_of(self.me)))
+            })
+    }
+
+    fn start_reason(&self, g: GroupId) -> StartReason {
+        match self
+            .state
+            .published
+            .as_ref()
+            .and_then(|p| p.groups.get(g))
+            .map(|a| &a.reason)
+        {
+            Some(Reason::FailedOver { .. }) => StartReason::Failover,
+            Some(Reason::Moved { .. } | Reason::FailedBack { .. }) => StartReason::Move,
+            _ => StartReason::Start,
+        }
+    }
+
+    fn begin_stop(&mut self, out: &mut Vec<Effect>, g: GroupId, why: StopWhy) {
+        let n = self.config.groups[g].resources.len();
+        let down_to = match why {
+            StopWhy::Recover(r) => r,
+            _ => 0,
+        };
+        let top = match self.groups[g].phase {
+            Phase::Starting { next, .. } => (next + 1).min(n),
+            _ => n,
+        };
+        if top == 0 || top <= down_to {
+            self.stopped(out, g, why);
+            return;
+        }
+        self.event(
+            out,
+            "group_stopping",
+            json!({"why": format!("{why:?}")}),
+            Some(g),
+        );
+        self.groups[g].phase = Phase::Stopping {
+            next: top - 1,
+            down_to,
+            why,
+        };
+        self.run(out, g, top - 1, ResourceOp::Stop);
+    }
+
+    fn stopped(&mut self, out: &mut Vec<Effect>, g: GroupId, why: StopWhy) {
+        let gk = u16_of(g);
+        match why {
+            StopWhy::Recover(r) => {
+                let reason = StartReason::Recover;
+                self.groups[g].last_reason = reason;
+                self.groups[g].phase = Phase::Starting { next: r, reason };
+                self.run(out, g, r, ResourceOp::Start);
+                return;
+            }
+            StopWhy::Failover | StopWhy::StartFailed => {
+                self.request(g, Op::Exclude);
+            }
+            _ => {}
+        }
+        self.groups[g].phase = Phase::Stopped;
+        self.groups[g].running_since = None;
+        if self.state.active.remove(&gk) {
+            self.dirty = true;
+        }
+        self.event(
+            out,
+            "group_stopped",
+            json!({"why": format!("{why:?}")}),
+            Some(g),
+        );
+    }
+
+    /// Whether a start of `g` here is safe now.
+    fn may_start(&self, input: &ClusterInput, g: GroupId) -> bool {
+        let gk = u16_of(g);
+        // Another live node reports it in some state (or has no view yet).
+        let elsewhere = input
+            .alive
+            .values()
+            .any(|v| v.as_ref().is_none_or(|v| v.groups.contains_key(&gk)));
+        if elsewhere {
+            return false;
+        }
+        // Not while this node asks to be excluded for it.
+        if self
+            .state
+            .requests
+            .iter()
+            .any(|r| r.group == gk && r.op == Op::Exclude)
+        {
+            return false;
+        }
+        // The groups it starts after run where they are assigned.
+        let Some(p) = &self.state.published else {
+            return false;
+        };
+        self.topo.groups[g].start_after.iter().all(|&d| {
+            let Some(dn) = p.groups.get(d).and_then(|a| a.node).map(usize::from) else {
+                return false;
+            };
+            if dn == self.me {
+                self.run_state(d) == Some(RunState::Running)
+            } else {
+                input
+                    .alive
+                    .get(&dn)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|v| v.groups.get(&u16_of(d)) == Some(&RunState::Running))
+            }
+        })
+    }
+
+    fn act(&mut self, out: &mut Vec<Effect>, now_ms: u64, input: &ClusterInput) {
+        let order = self.topo.order.clone();
+        // Stops first, dependents before their dependencies.
+        for &g in order.iter().rev() {
+            if self.groups[g].busy {
+                continue;
+            }
+            let gk = u16_of(g);
+            match self.groups[g].phase.clone() {
+                Phase::Running | Phase::Starting { .. } => {
+                    if let Some(higher) = self.double_activity(input, g) {
+                        self.event(
+                            out,
+                            "double_activity",
+                            json!({"with": self.topo.nodes[higher], "action": "stopping here, the lower-priority node"}),
+                            Some(g),
+                        );
+                        self.begin_stop(out, g, StopWhy::DoubleActivity);
+                        continue;
+                    }
+                    let dependents_here = self
+                        .topo
+                        .dependents(g)
+                        .any(|d| self.run_state(d).is_some() && !self.assigned_here(d));
+                    // Losing quorum is the guard's business (it force-stops
+                    // everything after the start-up grace), not a reason
+                    // for a clean stop here.
+                    if !self.assigned_here(g) && !dependents_here {
+                        self.begin_stop(
+                            out,
+                            g,
+                            if self.shutting_down {
+                                StopWhy::Shutdown
+                            } else {
+                                StopWhy::Unassigned
+                            },
+                        );
+                    }
+                }
+                Phase::Probing { .. } => {
+                    if !self.groups[g].busy {
+                        self.continue_probe(out, g);
+                    }
+                }
+                Phase::StopFailed | Phase::Stopped | Phase::Stopping { .. } => {}
+            }
+            let _ = gk;
+        }
+        if !input.quorate {
+            return;
+        }
+        // Starts, dependencies first.
+        for &g in &order {
+            if self.groups[g].busy || self.groups[g].phase != Phase::Stopped {
+                continue;
+            }
+            if self.assigned_here(g) && self.may_start(input, g) {
+                let reason = self.start_reason(g);
+                let gk = u16_of(g);
+                self.state.active.insert(gk);
+                self.dirty = true;
+                self.groups[g].last_reason = reason;
+                self.groups[g].phase = Phase::Starting { next: 0, reason };
+                self.event(out, "group_starting", json!({"reason": reason}), Some(g));
+                if self.config.groups[g].resources.is_empty() {
+                    self.started(out, now_ms, g);
+                } else {
+                    self.run(out, g, 0, ResourceOp::Start);
+                }
+            }
+        }
+        // Monitors.
+        for g in 0..self.groups.len() {
+            if self.groups[g].phase != Phase::Running || self.groups[g].busy {
+                continue;
+            }
+            let since = self.groups[g].running_since.unwrap_or(now_ms);
+            for (m, mon) in self.config.groups[g].monitors.iter().enumerate() {
+                let (due, in_flight) = self.groups[g].checks[m];
+                let first = since + millis(mon.start_delay.get());
+                if in_flight || now_ms < due.max(first) {
+                    continue;
+                }
+                self.groups[g].checks[m] = (now_ms + millis(mon.interval.get()), true);
+                out.push(Effect::Check {
+                    group: g,
+                    monitor: m,
+                    timeout: mon.timeout.get(),
+                });
+            }
+        }
+    }
+
+    /// A node of higher priority for `g` that also reports it running.
+    fn double_activity(&self, input: &ClusterInput, g: GroupId) -> Option<NodeId> {
+        let gk = u16_of(g);
+        let rank = |n: NodeId| {
+            self.topo.groups[g]
+                .nodes
+                .iter()
+                .position(|x| *x == n)
+                .unwrap_or(usize::MAX)
+        };
+        input
+            .alive
+            .iter()
+            .filter(|(_, v)| {
+                v.as_ref().is_some_and(|v| {
+                    matches!(
+                        v.groups.get(&gk),
+                        Some(RunState::Running | RunState::Starting)
+                    )
+                })
+            })
+            .map(|(p, _)| *p)
+            .find(|&p| (rank(p), p) < (rank(self.me), self.me))
+    }
+
+    fn continue_probe(&mut self, out: &mut Vec<Effect>, g: GroupId) {
+        let Phase::Probing {
+            next,
+            running,
+            unknown,
+        } = self.groups[g].phase
+        else {
+            return;
+        };
+        let n = self.config.groups[g].resources.len();
+        if next < n {
+            self.run(out, g, next, ResourceOp::Probe);
+            return;
+        }
+        let gk = u16_of(g);
+        let recorded = self.state.active.contains(&gk);
+        if self.state.blocked.contains(&gk) {
+            self.groups[g].phase = Phase::StopFailed;
+        } else if running == n && n > 0 && !unknown {
+            self.groups[g].phase = Phase::Running;
+            self.groups[g].running_since = Some(0);
+            self.state.active.insert(gk);
+            self.dirty = true;
+            self.event(out, "group_found_running", json!({}), Some(g));
+        } else if running > 0 || (unknown && recorded) {
+            // Partly running, or unknown where this node started it: stop
+            // it to be sure (stopping what is not running succeeds).
+            self.event(
+                out,
+                "group_found_unclean",
+                json!({"running": running, "unknown": unknown}),
+                Some(g),
+            );
+            self.groups[g].phase = Phase::Running;
+            self.begin_stop(out, g, StopWhy::Unknown);
+        } else {
+            self.groups[g].phase = Phase::Stopped;
+            if self.state.active.remove(&gk) {
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn started(&mut self, out: &mut Vec<Effect>, now_ms: u64, g: GroupId) {
+        self.groups[g].phase = Phase::Running;
+        self.groups[g].running_since = Some(now_ms);
+        for c in &mut self.groups[g].checks {
+            *c = (0, false);
+        }
+        let reason = self.groups[g].last_reason;
+        self.event(out, "group_running", json!({"reason": reason}), Some(g));
+    }
+
+    /// A resource operation finished.
+    pub fn on_resource(
+        &mut self,
+        now_ms: u64,
+        g: GroupId,
+        r: usize,
+        op: ResourceOp,
+        outcome: OpResult,
+    ) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let Some(lg) = self.groups.get_mut(g) else {
+            return out;
+        };
+        lg.busy = false;
+        let n = self.config.groups[g].resources.len();
+        let resource = self.config.groups[g]
+            .resources
+            .get(r)
+            .map(|x| x.name.clone())
+            .unwrap_or_default();
+        match (self.groups[g].phase.clone(), op, outcome) {
+            (
+                Phase::Probing {
+                    next,
+                    running,
+                    unknown,
+                },
+                ResourceOp::Probe,
+                OpResult::Probed(probe),
+            ) => {
+                let (running, unknown) = match probe {
+                    Probe::Running | Probe::Failed(_) => (running + 1, unknown),
+                    Probe::Stopped => (running, unknown),
+                    Probe::Unknown(_) => (running, true),
+                };
+                self.groups[g].phase = Phase::Probing {
+                    next: next + 1,
+                    running,
+                    unknown,
+                };
+                self.continue_probe(&mut out, g);
+            }
+            (Phase::Starting { next, reason }, ResourceOp::Start, OpResult::Done(o)) => {
+                if o.is_ok() {
+                    self.event(
+                        &mut out,
+                        "resource_started",
+                        json!({"resource": resource}),
+                        Some(g),
+                    );
+                    if next + 1 < n {
+                        self.groups[g].phase = Phase::Starting {
+                            next: next + 1,
+                            reason,
+                        };
+                        self.run(&mut out, g, next + 1, ResourceOp::Start);
+                    } else {
+                        self.started(&mut out, now_ms, g);
+                    }
+                } else {
+                    self.event(
+                        &mut out,
+                        "resource_start_failed",
+                        json!({"resource": resource, "outcome": o}),
+                        Some(g),
+                    );
+                    self.begin_stop(&mut out, g, StopWhy::StartFailed);
+                }
+            }
+            (Phase::Stopping { next, down_to, why }, ResourceOp::Stop, OpResult::Done(o)) => {
+                if o.is_ok() {
+                    if next > down_to {
+                        self.groups[g].phase = Phase::Stopping {
+                            next: next - 1,
+                            down_to,
+                            why,
+                        };
+                        self.run(&mut out, g, next - 1, ResourceOp::Stop);
+                    } else {
+                        self.stopped(&mut out, g, why);
+                    }
+                } else {
+                    self.stop_failed(&mut out, g, r, &o);
+                }
+            }
+            (phase, op, outcome) => {
+                tracing::warn!(
+                    group = g,
+                    resource = r,
+                    ?op,
+                    ?phase,
+                    ?outcome,
+                    "unexpected resource result ignored"
+                );
+            }
+        }
+        self.finish(out)
+    }
+
+    fn stop_failed(&mut self, out: &mut Vec<Effect>, g: GroupId, r: usize, o: &ActionOutcome) {
+        let res = &self.config.groups[g].resources[r];
+        let policy = res.on_stop_failure;
+        let name = res.name.clone();
+        self.event(
+            out,
+            "resource_stop_failed",
+            json!({"resource": name, "outcome": o, "policy": policy}),
+            Some(g),
+        );
+        match policy {
+            conf::StopFailure::Block => {
+                self.groups[g].phase = Phase::StopFailed;
+                self.state.blocked.insert(u16_of(g));
+                self.dirty = true;
+                self.event(out, "group_blocked", json!({"resource": name}), Some(g));
+            }
+            conf::StopFailure::Fence => {
+                self.groups[g].phase = Phase::StopFailed;
+                out.push(Effect::FenceSelf {
+                    why: format!(
+                        "resource {name} of group {} failed to stop",
+                        self.topo.groups[g].name
+                    ),
+                });
+            }
+        }
+    }
+
+    /// A monitor check finished.
+    pub fn on_check(
+        &mut self,
+        now_ms: u64,
+        g: GroupId,
+        m: usize,
+        outcome: CheckOutcome,
+    ) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let Some(lg) = self.groups.get_mut(g) else {
+            return out;
+        };
+        if let Some(c) = lg.checks.get_mut(m) {
+            c.1 = false;
+        }
+        let CheckOutcome::Failed(detail) = outcome else {
+            return out;
+        };
+        if self.groups[g].phase != Phase::Running || self.groups[g].busy {
+            return out;
+        }
+        let group = &self.config.groups[g];
+        let Some(mon) = group.monitors.get(m) else {
+            return out;
+        };
+        let recovery = mon.recovery;
+        let r = mon
+            .resource
+            .as_ref()
+            .and_then(|name| group.resources.iter().position(|x| &x.name == name))
+            .unwrap_or(group.resources.len().saturating_sub(1));
+        let monitor = mon.name.clone();
+        let window = millis(recovery.window.get());
+        let gk = u16_of(g);
+        let restarts = self.state.restarts.entry(gk).or_default();
+        restarts.retain(|t| now_ms.saturating_sub(*t) < window);
+        let used = u32::try_from(restarts.len()).unwrap_or(u32::MAX);
+        let failovers = self
+            .state
+            .published
+            .as_ref()
+            .and_then(|p| p.groups.get(g))
+            .map_or(0, |a| {
+                a.failovers
+                    .iter()
+                    .filter(|t| now_ms.saturating_sub(**t) < window)
+                    .count()
+            });
+        let failovers = u32::try_from(failovers).unwrap_or(u32::MAX);
+        self.dirty = true;
+        if used < recovery.restart {
+            restarts.push(now_ms);
+            self.event(&mut out, "monitor_failed", json!({"monitor": monitor, "detail": detail, "action": "restart", "restart": used + 1, "of": recovery.restart}), Some(g));
+            self.begin_stop(&mut out, g, StopWhy::Recover(r));
+        } else if failovers < recovery.failover {
+            self.event(&mut out, "monitor_failed", json!({"monitor": monitor, "detail": detail, "action": "failover", "failover": failovers + 1, "of": recovery.failover}), Some(g));
+            self.begin_stop(&mut out, g, StopWhy::Failover);
+        } else {
+            self.event(&mut out, "monitor_failed", json!({"monitor": monitor, "detail": detail, "action": "final", "final_action": recovery.final_action}), Some(g));
+            let why = format!(
+                "monitor {monitor} of group {} failed: restarts and failovers used up",
+                group.name
+            );
+            match recovery.final_action {
+                conf::FinalAction::StopGroup => {
+                    self.request(g, Op::Stop);
+                    self.begin_stop(&mut out, g, StopWhy::Unassigned);
+                }
+                conf::FinalAction::StopDaemon => {
+                    self.shutting_down = true;
+                    out.push(Effect::StopDaemon { why });
+                }
+                conf::FinalAction::FenceSelf => out.push(Effect::FenceSelf { why }),
+                conf::FinalAction::None => {}
+            }
+        }
+        self.finish(out)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;
