@@ -45,9 +45,21 @@ pub enum EngineError {
     /// The witness token file could not be read.
     #[error("witness token")]
     WitnessToken(#[from] cluster_witness::TokenError),
+    /// The engine's durable state cannot be used.
+    #[error(transparent)]
+    EngineState(#[from] crate::runtime::RuntimeError),
     /// The watchdog device is missing.
     #[error("watchdog device {0} does not exist (set `watchdog.kind` to match this machine)")]
     NoWatchdogDevice(String),
+}
+
+/// What a daemon runs on its node.
+#[derive(Debug)]
+pub enum Workload {
+    /// Groups placed and run by the engine, through these drivers.
+    Managed(crate::runtime::Drivers),
+    /// Only force-stopped on quorum loss (not placed by the engine yet).
+    Unmanaged(Arc<dyn LocalGroups>),
 }
 
 /// A running engine.
@@ -58,8 +70,9 @@ pub struct Engine {
     membership: watch::Receiver<Snapshot>,
     guard: watch::Receiver<GuardState>,
     disarm: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
-    _view: watch::Sender<wire::View>,
     incarnation: u64,
+    runtime: Option<crate::runtime::Runtime>,
+    me: usize,
 }
 
 /// A short hash of the configuration file, carried in heartbeats so that
@@ -81,7 +94,7 @@ impl Engine {
         config_file: &Path,
         node: &str,
         state_dir: &Path,
-        groups: Arc<dyn LocalGroups>,
+        workload: Workload,
     ) -> Result<Arc<Self>, EngineError> {
         let state_err = |source| EngineError::State {
             path: state_dir.display().to_string(),
@@ -113,6 +126,7 @@ impl Engine {
                 config.watchdog.device.display().to_string(),
             ));
         }
+        let resume = crate::runtime::load_state(state_dir)?;
         let incarnation = crate::statefile::next_incarnation(state_dir).map_err(state_err)?;
         let events = Arc::new(EventLog::open(state_dir, node).map_err(state_err)?);
         let view = wire::View {
@@ -138,8 +152,21 @@ impl Engine {
                 record(&log, &names, &links, at, change);
             }
         });
+        let config = Arc::new(config.clone());
+        let (groups, managed): (Arc<dyn LocalGroups>, _) = match workload {
+            Workload::Unmanaged(g) => (g, None),
+            Workload::Managed(drivers) => {
+                let drivers = Arc::new(drivers);
+                let groups = Arc::new(crate::runtime::RuntimeGroups::new(
+                    config.clone(),
+                    node.to_owned(),
+                    drivers.clone(),
+                ));
+                (groups.clone(), Some((groups, drivers)))
+            }
+        };
         let (guard, disarm) = guard::spawn(GuardParts {
-            config: Arc::new(config.clone()),
+            config: config.clone(),
             me,
             membership: snapshot.clone(),
             events: events.clone(),
@@ -148,14 +175,31 @@ impl Engine {
             groups,
             witness,
         });
+        let runtime = managed.map(|(groups, drivers)| {
+            let rt = crate::runtime::Runtime::spawn(crate::runtime::RuntimeParts {
+                config: config.clone(),
+                me,
+                generation: config_generation(config_file),
+                state_dir: state_dir.to_owned(),
+                state: resume,
+                events: events.clone(),
+                membership: snapshot.clone(),
+                guard: guard.clone(),
+                view,
+                drivers,
+            });
+            groups.attach(rt.clone());
+            rt
+        });
         Ok(Arc::new(Self {
             node: node.to_owned(),
             events,
             membership: snapshot,
             guard,
             disarm: std::sync::Mutex::new(Some(disarm)),
-            _view: view,
             incarnation,
+            runtime,
+            me,
         }))
     }
 
@@ -207,6 +251,16 @@ impl Engine {
                 }
             })
             .collect()
+    }
+
+    /// The engine's runtime, when it places and runs groups.
+    pub fn runtime(&self) -> Option<&crate::runtime::Runtime> {
+        self.runtime.as_ref()
+    }
+
+    /// This node's index in the configuration.
+    pub fn me(&self) -> usize {
+        self.me
     }
 
     /// The event log.

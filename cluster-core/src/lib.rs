@@ -7,6 +7,7 @@
 //! `docs/architecture.md`).
 
 pub mod api;
+pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod events;
@@ -17,6 +18,7 @@ pub mod node;
 pub mod placement;
 pub mod quorum;
 pub mod resource;
+pub mod runtime;
 pub mod sim;
 pub mod statefile;
 pub mod status;

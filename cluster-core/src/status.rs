@@ -30,6 +30,9 @@ pub struct NodeStatus {
     pub takeovers: Vec<TakeoverStatus>,
     /// Every configured group, as this daemon sees it.
     pub groups: Vec<GroupStatus>,
+    /// The group engine as this daemon sees it (daemons that place groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineStatus>,
     /// Host daemons: this host's hypervisor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<HypervisorStatus>,
@@ -129,6 +132,57 @@ pub struct GroupStatus {
     pub owner: Option<String>,
     /// Its resources.
     pub resources: Vec<ResourceStatus>,
+    /// The node the newest placement assigns it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Why placement chose that (or why it runs nowhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The operator wants it running (`group start|stop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted: Option<bool>,
+    /// Its state on the reporting node (`stopped`, `starting`, `running`,
+    /// `stopping`, `failed`, `stop_failed`, `unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_here: Option<String>,
+    /// Nodes that report it in a state other than stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running_on: Vec<RunningOn>,
+    /// Restarts on the reporting node within the failure window.
+    #[serde(default)]
+    pub restarts: usize,
+    /// Failovers by the recovery ladder within the failure window.
+    #[serde(default)]
+    pub failovers: usize,
+    /// Nodes it may not run on after repeated failures (until `clear`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+}
+
+/// A node reporting a group in some state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningOn {
+    /// The node.
+    pub node: String,
+    /// The group's state there.
+    pub state: String,
+}
+
+/// The group engine, as the reporting node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// Epoch of the newest placement it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Who published it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
+    /// The reporting node coordinates now.
+    pub coordinating_here: bool,
+    /// It knows what runs on it (every group probed).
+    pub settled: bool,
+    /// It is in maintenance.
+    pub maintenance: bool,
 }
 
 /// One resource.
@@ -205,6 +259,14 @@ pub fn configured_groups(config: &conf::Config) -> Vec<GroupStatus> {
                     state: ResourceState::Unknown,
                 })
                 .collect(),
+            target: None,
+            reason: None,
+            wanted: None,
+            state_here: None,
+            running_on: Vec::new(),
+            restarts: 0,
+            failovers: 0,
+            excluded: Vec::new(),
         })
         .collect()
 }

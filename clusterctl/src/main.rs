@@ -8,12 +8,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cluster_core::api::Request;
 
 mod config_cmd;
 mod demo_cmd;
+mod events_cmd;
+mod group_cmd;
+mod simulate_cmd;
 mod status_cmd;
+mod target;
 
-/// Operate a KVM HA cluster: check configuration, see status, run the demo.
+use target::Target;
+
+/// Operate a KVM HA cluster: check configuration, see status and events,
+/// start, stop and move groups, run the demo.
 #[derive(Debug, Parser)]
 #[command(name = "clusterctl", version, about, propagate_version = true)]
 struct Cli {
@@ -29,14 +37,55 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the real engine in virtual time over a scenario file (a config,
+    /// timed faults and commands, expected placements and events); print
+    /// the timeline. Exit 0 if every expectation held, 1 otherwise.
+    Simulate {
+        /// The scenario (TOML; see tests/scenarios/).
+        scenario: PathBuf,
+    },
     /// Show a daemon's view of its cluster: nodes, groups, resources, VMs.
     Status {
-        /// The daemon's control socket.
-        #[arg(long, short = 's', env = "KVMHA_SOCKET", conflicts_with = "config")]
-        socket: Option<PathBuf>,
-        /// Take the socket from this configuration's `api.socket`.
-        #[arg(long, short = 'c', env = "KVMHA_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+        /// Redraw the status every `--interval` until interrupted (Ctrl-C).
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Time between two redraws with `--watch` (`500ms`, `2s`...).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "watch")]
+        interval: std::time::Duration,
+        /// Stop `--watch` after this many redraws.
+        #[arg(long, hide = true, requires = "watch")]
+        count: Option<u64>,
+    },
+    /// Show the daemon's events (membership, quorum, fencing...), oldest
+    /// first: local time, node, kind, then the details as key=value.
+    /// `--json` prints the raw JSON lines.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Only events of this recent past (`10m`, `2h`, `1day`...).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only events at or after this time (milliseconds since the epoch).
+        #[arg(long, value_name = "MS", conflicts_with = "since")]
+        since_ms: Option<u64>,
+        /// Only the last N events.
+        #[arg(long, short = 'n', value_name = "N")]
+        limit: Option<usize>,
+        /// Keep printing new events as they come (until interrupted).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Start, stop or move a group.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Clear a group's failures (failed state, restart counts, bans).
+    Clear {
+        /// The group.
+        group: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// Start a demo cluster on this machine (libvirt's test driver and
     /// loopback addresses), show its status, and stop it.
@@ -47,6 +96,33 @@ enum Command {
         /// Leave the daemons running (stop them with `pkill host-clusterd`).
         #[arg(long)]
         keep_running: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Start a group on its most preferred available node.
+    Start {
+        /// The group.
+        group: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop a group and keep it stopped.
+    Stop {
+        /// The group.
+        group: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move a group to NODE, or to the next node of its preference list.
+    Move {
+        /// The group.
+        group: String,
+        /// The node to move it to.
+        node: Option<String>,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -70,15 +146,72 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Config(ConfigCommand::Check { files }) => config_cmd::check(&files, cli.json),
         Command::Config(ConfigCommand::Schema) => config_cmd::schema(),
+        Command::Simulate { scenario } => simulate_cmd::run(&scenario, cli.json),
         Command::Config(ConfigCommand::Reference) => {
             print!("{}", conf::reference_markdown());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { socket, config } => status_cmd::run(socket, config, cli.json),
+        Command::Status {
+            target,
+            watch,
+            interval,
+            count,
+        } => status_cmd::run(
+            &target,
+            cli.json,
+            watch.then_some(status_cmd::Watch { interval, count }),
+        ),
+        Command::Events {
+            target,
+            since,
+            since_ms,
+            limit,
+            follow,
+        } => {
+            let since_ms = since_ms.or_else(|| {
+                since.map(|d| {
+                    let ago = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                    cluster_core::events::now_ms().saturating_sub(ago)
+                })
+            });
+            events_cmd::run(
+                &target,
+                cli.json,
+                events_cmd::Query {
+                    since_ms,
+                    limit,
+                    follow,
+                },
+            )
+        }
+        Command::Group(command) => {
+            let (target, request) = match command {
+                GroupCommand::Start { group, target } => (target, Request::GroupStart { group }),
+                GroupCommand::Stop { group, target } => (target, Request::GroupStop { group }),
+                GroupCommand::Move {
+                    group,
+                    node,
+                    target,
+                } => (target, Request::GroupMove { group, node }),
+            };
+            group_cmd::run(&target, cli.json, &request)
+        }
+        Command::Clear { group, target } => {
+            group_cmd::run(&target, cli.json, &Request::Clear { group })
+        }
         Command::Demo { dir, keep_running } => demo_cmd::run(&dir, keep_running, cli.json),
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`clusterctl events --follow | head`).
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("clusterctl: {e:#}");
             ExitCode::FAILURE

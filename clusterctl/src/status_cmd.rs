@@ -1,47 +1,90 @@
 //! `clusterctl status`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
-use cluster_core::api::{self, Request, Response};
+use cluster_core::api::{Request, Response};
 use cluster_core::status::{MemberState, NodeStatus, ResourceState};
 
-const DEFAULT_SOCKET: &str = "/run/kvmha/api.sock";
+use crate::target::{Client, Target, unexpected};
 
-pub(crate) fn run(
-    socket: Option<PathBuf>,
-    config: Option<PathBuf>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let socket = match (socket, config) {
-        (Some(s), _) => s,
-        (None, Some(c)) => {
-            conf::load(&c)
-                .with_context(|| format!("configuration {}", c.display()))?
-                .api
-                .socket
+/// How `status --watch` repeats.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watch {
+    /// Time between two redraws.
+    pub(crate) interval: Duration,
+    /// Stop after this many redraws (tests); `None`: until interrupted.
+    pub(crate) count: Option<u64>,
+}
+
+pub(crate) fn run(target: &Target, json: bool, watch: Option<Watch>) -> anyhow::Result<ExitCode> {
+    let client = Client::new(target)?;
+    let Some(watch) = watch else {
+        let status = status(&client)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print!("{}", render(&status));
         }
-        (None, None) => PathBuf::from(DEFAULT_SOCKET),
+        return Ok(ExitCode::SUCCESS);
     };
-    let status = fetch(&socket)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", render(&status));
+    let tty = std::io::stdout().is_terminal();
+    let mut shown = 0u64;
+    loop {
+        let result = status(&client);
+        let ok = result.is_ok();
+        let mut out = std::io::stdout().lock();
+        if json {
+            // One compact document per line; errors go to stderr.
+            match result {
+                Ok(s) => writeln!(out, "{}", serde_json::to_string(&s)?)?,
+                Err(e) => eprintln!("clusterctl: {e:#}"),
+            }
+        } else {
+            if tty {
+                // Home, then clear the screen.
+                write!(out, "\x1b[H\x1b[2J")?;
+            } else if shown > 0 {
+                writeln!(out)?;
+            }
+            writeln!(
+                out,
+                "Every {}: clusterctl status    {}\n",
+                humantime::format_duration(watch.interval),
+                crate::events_cmd::local_time(cluster_core::events::now_ms())
+            )?;
+            match result {
+                Ok(s) => write!(out, "{}", render(&s))?,
+                Err(e) => writeln!(out, "clusterctl: {e:#}")?,
+            }
+        }
+        out.flush()?;
+        drop(out);
+        shown += 1;
+        if watch.count.is_some_and(|c| shown >= c) {
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        std::thread::sleep(watch.interval);
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+fn status(client: &Client) -> anyhow::Result<NodeStatus> {
+    match client.call(&Request::Status)? {
+        Response::Status(s) => Ok(*s),
+        other => Err(unexpected(&other)),
+    }
 }
 
 /// Ask the daemon at `socket` for its status.
 pub(crate) fn fetch(socket: &Path) -> anyhow::Result<NodeStatus> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    match rt.block_on(api::call(socket, &Request::Status))? {
-        Response::Status(s) => Ok(*s),
-    }
+    status(&Client::new(&Target::socket(socket.to_owned()))?)
 }
 
 /// The status as an operator reads it.
@@ -117,18 +160,67 @@ pub(crate) fn render(s: &NodeStatus) -> String {
                 .unwrap_or_default()
         );
     }
+    if let Some(e) = &s.engine {
+        let _ = writeln!(
+            out,
+            "\nPlacement: epoch {} by {}{}{}{}",
+            e.epoch.map_or_else(|| "-".to_owned(), |x| x.to_string()),
+            e.coordinator.as_deref().unwrap_or("nobody yet"),
+            if e.coordinating_here {
+                " (this node coordinates)"
+            } else {
+                ""
+            },
+            if e.settled { "" } else { ", still probing" },
+            if e.maintenance {
+                ", THIS NODE IN MAINTENANCE"
+            } else {
+                ""
+            },
+        );
+    }
     let _ = writeln!(out, "\nGroups:");
     if s.groups.is_empty() {
         let _ = writeln!(out, "  (none)");
     }
     for g in &s.groups {
-        let _ = writeln!(
-            out,
-            "  {:<16} owner {:<10} preference {}",
+        let mut line = format!(
+            "  {:<16} owner {:<10} target {:<10} preference {}",
             g.name,
             g.owner.as_deref().unwrap_or("-"),
+            g.target.as_deref().unwrap_or("-"),
             g.nodes.join(" > ")
         );
+        if g.wanted == Some(false) {
+            line.push_str("  [stopped by operator]");
+        }
+        let _ = writeln!(out, "{line}");
+        if let Some(r) = &g.reason {
+            let _ = writeln!(out, "    why: {r}");
+        }
+        let mut counts = Vec::new();
+        if let Some(h) = &g.state_here {
+            counts.push(format!("here {h}"));
+        }
+        for r in &g.running_on {
+            counts.push(format!("{} {}", r.node, r.state));
+        }
+        if g.restarts > 0 {
+            counts.push(format!("{} restart(s) here", g.restarts));
+        }
+        if g.failovers > 0 {
+            counts.push(format!("{} failover(s)", g.failovers));
+        }
+        if !g.excluded.is_empty() {
+            counts.push(format!(
+                "EXCLUDED from {} (clusterctl clear {})",
+                g.excluded.join(", "),
+                g.name
+            ));
+        }
+        if !counts.is_empty() {
+            let _ = writeln!(out, "    {}", counts.join(", "));
+        }
         for r in &g.resources {
             let state = match r.state {
                 ResourceState::Unknown => "unknown",

@@ -538,6 +538,11 @@ pub struct ExecResource {
     pub start: Vec<String>,
     /// Stop command as an argument vector.
     pub stop: Vec<String>,
+    /// Status command: exit 0 running, 7 stopped (as OCF), anything else
+    /// failed; without it the cluster's own record of what it started is
+    /// the probe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<String>,
     /// Extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

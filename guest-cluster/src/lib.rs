@@ -2,4 +2,6 @@
 //! reports through the shared control API; application resources, monitors
 //! and the linkage client are built on the shared engine as it lands.
 
+pub mod drivers;
+pub mod exec;
 pub mod service;

@@ -46,15 +46,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         socket = %start.api_socket.display(),
         "host-clusterd starting"
     );
+    // The management addresses (`api.listen`) are bound before anything
+    // starts, so that a bad address or token is a start-up error; the
+    // control socket appears once the daemon answers on it.
+    let api = cluster_core::api::Listeners::bind(&start.config.api, &start.api_socket)
+        .context("control API")?;
     let engine = cluster_core::engine::Engine::start(
         &start.config,
         &start.config_file,
         &start.node,
         &start.state_dir,
-        Arc::new(host_cluster::local::HostVms::new(
+        cluster_core::engine::Workload::Unmanaged(Arc::new(host_cluster::local::HostVms::new(
             &start.config,
             hypervisor.clone(),
-        )),
+        ))),
     )
     .context("cannot start the cluster engine")?;
     let shutdown_engine = engine.clone();
@@ -65,7 +70,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         engine,
         hypervisor,
     ));
-    cluster_core::api::serve_unix(&start.api_socket, service, daemon::shutdown_signal())
+    api.serve(service, daemon::shutdown_signal())
         .await
         .context("control API")?;
     shutdown_engine.shutdown().await;

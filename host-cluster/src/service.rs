@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cluster_core::api::{ApiError, Handler, Request, Response};
+use cluster_core::api::{self, ApiError, GroupCommand, Handler, Request, Response};
 use cluster_core::engine::Engine;
 use cluster_core::status::{DomainStatus, HypervisorStatus, NodeStatus, ResourceState};
 use conf::ResourceKind;
@@ -96,8 +96,29 @@ impl HostService {
             quorum: self.engine.quorum(),
             takeovers: self.engine.takeovers(),
             groups,
+            engine: self
+                .engine
+                .runtime()
+                .map(|rt| cluster_core::control::engine_status(&rt.status(), rt.names())),
             hypervisor: Some(hypervisor),
         }
+    }
+
+    /// An operator's command for `group`, handed to the engine and
+    /// confirmed by a published placement.
+    async fn group_command(
+        &self,
+        group: &str,
+        command: GroupCommand,
+    ) -> Result<Response, ApiError> {
+        cluster_core::control::group_command(
+            &self.config,
+            self.engine.runtime(),
+            self.engine.me(),
+            group,
+            command,
+        )
+        .await
     }
 }
 
@@ -105,6 +126,16 @@ impl Handler for HostService {
     async fn handle(&self, request: Request) -> Result<Response, ApiError> {
         match request {
             Request::Status => Ok(Response::Status(Box::new(self.status().await))),
+            Request::Events { since_ms, limit } => {
+                api::events_response(self.engine.events().path().to_owned(), since_ms, limit).await
+            }
+            Request::GroupStart { group } => self.group_command(&group, GroupCommand::Start).await,
+            Request::GroupStop { group } => self.group_command(&group, GroupCommand::Stop).await,
+            Request::GroupMove { group, node } => {
+                self.group_command(&group, GroupCommand::Move { node })
+                    .await
+            }
+            Request::Clear { group } => self.group_command(&group, GroupCommand::Clear).await,
         }
     }
 }

@@ -197,6 +197,7 @@ impl Cluster {
             .build()?;
         match rt.block_on(cluster_core::api::call(&self.socket(k), &Request::Status))? {
             Response::Status(s) => Ok(*s),
+            other => bail!("n{k}: not a status answer: {other:?}"),
         }
     }
 

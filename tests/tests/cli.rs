@@ -248,3 +248,60 @@ fn the_demo_starts_two_hosts_reports_and_stops() {
         std::fs::metadata(dir.path().join("demo.key")).map(|m| m.permissions().mode() & 0o777);
     assert_eq!(mode.ok(), Some(0o600));
 }
+
+#[test]
+fn simulate_prints_the_timeline_and_exits_by_the_verdict() {
+    let scenario =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/basic-failover.toml");
+    let path = scenario.display().to_string();
+    let out = run("clusterctl", &["simulate", &path]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("fence_succeeded"), "{text}");
+    assert!(text.contains("web              running on n1"), "{text}");
+    assert!(text.contains("PASSED: 2 placement check(s)"), "{text}");
+
+    // The same scenario expecting the wrong node fails, and says where.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let wrong = dir.path().join("wrong.toml");
+    let original = std::fs::read_to_string(&scenario).unwrap_or_else(|e| panic!("{e}"));
+    let changed = original.replace(
+        "at = \"10s\"\nrunning = { web = \"n1\" }",
+        "at = \"10s\"\nrunning = { web = \"n0\" }",
+    );
+    assert_ne!(changed, original, "the scenario changed shape");
+    std::fs::write(&wrong, changed).unwrap_or_else(|e| panic!("{e}"));
+    let out = run(
+        "clusterctl",
+        &["simulate", &wrong.display().to_string(), "--json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["passed"], false);
+    assert!(
+        v["failures"].to_string().contains("10"),
+        "{}",
+        v["failures"]
+    );
+
+    let out = run("clusterctl", &["simulate", "/nonexistent/x.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read scenario /nonexistent/x.toml"),
+        "{}",
+        stderr(&out)
+    );
+}

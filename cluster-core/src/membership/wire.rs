@@ -24,8 +24,9 @@ const MAGIC: &[u8; 4] = b"KVHB";
 const VERSION: u8 = 1;
 const HEADER: usize = 26;
 const TAG: usize = 32;
-/// Largest datagram sent or accepted.
-pub const MAX_DATAGRAM: usize = 8192;
+/// Largest datagram sent or accepted. Views carry the newest placement,
+/// which grows with the number of groups; IP fragments it on the wire.
+pub const MAX_DATAGRAM: usize = 60_000;
 
 /// What a node tells its peers in every heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,10 @@ pub struct View {
     /// The sender holds quorum.
     #[serde(default)]
     pub quorate: bool,
+    /// The sender's engine: its groups, newest placement and pending
+    /// requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::node::EngineView>,
 }
 
 /// One group in a [`View`].

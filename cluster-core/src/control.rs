@@ -1,0 +1,186 @@
+//! What a daemon answers to operators about its groups: group commands
+//! handed to the engine's runtime (and confirmed by a published placement),
+//! and the groups' part of `clusterctl status`. Both daemons use this, so
+//! the answers are the same whatever the cluster kind.
+
+use std::time::Duration;
+
+use crate::api::{self, ApiError, GroupCommand, Response};
+use crate::node::{Op, Published};
+use crate::placement::RunState;
+use crate::runtime::{CoreStatus, Runtime};
+use crate::status::{EngineStatus, GroupStatus, ResourceState, RunningOn};
+
+/// How long a group command waits for the coordinator to publish a
+/// placement that applied it.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Check `command` against the configuration, hand it to the runtime and
+/// wait until a published placement applied it.
+///
+/// # Errors
+/// Unknown group or node, a move to a node the group may not run on
+/// (from [`api::check_group_command`]); no runtime on this daemon
+/// (not implemented); the request was queued but no placement applied it
+/// within [`APPLY_TIMEOUT`] (unavailable: typically no quorum).
+pub async fn group_command(
+    config: &conf::Config,
+    runtime: Option<&Runtime>,
+    me: usize,
+    group: &str,
+    command: GroupCommand,
+) -> Result<Response, ApiError> {
+    api::check_group_command(config, group, &command)?;
+    let Some(runtime) = runtime else {
+        return Err(ApiError::not_implemented(format!(
+            "this daemon does not place groups yet (host clusters: VM failover is not in this \
+             version); `{command}` of `{group}` was not done"
+        )));
+    };
+    let gid = config
+        .groups
+        .iter()
+        .position(|g| g.name == group)
+        .ok_or_else(|| ApiError::not_found(format!("no group named `{group}`")))?;
+    let op = match &command {
+        GroupCommand::Start => Op::Start,
+        GroupCommand::Stop => Op::Stop,
+        GroupCommand::Clear => Op::Clear,
+        GroupCommand::Move { node } => Op::Move {
+            to: match node {
+                None => None,
+                Some(n) => Some(
+                    config
+                        .nodes
+                        .iter()
+                        .position(|x| &x.name == n)
+                        .and_then(|i| u16::try_from(i).ok())
+                        .ok_or_else(|| ApiError::not_found(format!("no node named `{n}`")))?,
+                ),
+            },
+        },
+    };
+    let Some(id) = runtime.request(gid, op).await else {
+        return Err(ApiError::unavailable(
+            "the engine is shutting down; the request was not queued",
+        ));
+    };
+    let Some(published) = runtime.applied(me, id, APPLY_TIMEOUT).await else {
+        return Err(ApiError::unavailable(format!(
+            "`{command}` of `{group}` is queued on {} but no coordinator applied it within {} s \
+             (is the partition quorate? see `clusterctl status`); it applies when one does",
+            runtime.names().get(me).map_or("this node", String::as_str),
+            APPLY_TIMEOUT.as_secs()
+        )));
+    };
+    Ok(Response::Accepted {
+        message: accepted_message(config, runtime.names(), &published, gid, group, &command),
+    })
+}
+
+fn accepted_message(
+    config: &conf::Config,
+    names: &[String],
+    published: &Published,
+    gid: usize,
+    group: &str,
+    command: &GroupCommand,
+) -> String {
+    let name = |n: Option<u16>| {
+        n.and_then(|n| names.get(usize::from(n)))
+            .map_or_else(|| "no node".to_owned(), Clone::clone)
+    };
+    let target = published.groups.get(gid).map(|a| {
+        let topo = crate::placement::Topology::from_config(config);
+        format!("target {} ({})", name(a.node), a.reason.describe(&topo))
+    });
+    format!(
+        "{group}: {command} applied in placement epoch {}{}",
+        published.epoch,
+        target.map(|t| format!("; {t}")).unwrap_or_default()
+    )
+}
+
+/// The groups of `clusterctl status`: the configuration, overlaid with
+/// what the runtime knows (target, reason, state here and elsewhere,
+/// restart and failover counts, excluded nodes).
+pub fn group_status(
+    config: &conf::Config,
+    me: &str,
+    core: Option<&CoreStatus>,
+) -> Vec<GroupStatus> {
+    let mut groups = crate::status::configured_groups(config);
+    let Some(core) = core else {
+        return groups;
+    };
+    let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+    let name = |n: u16| names.get(usize::from(n)).map(|s| (*s).to_owned());
+    for (i, g) in groups.iter_mut().enumerate() {
+        let here = core.here.get(i).copied().flatten();
+        g.state_here =
+            Some(here.map_or_else(|| "stopped".to_owned(), |s| run_state_name(s).to_owned()));
+        for r in &mut g.resources {
+            r.state = match here {
+                None => ResourceState::Stopped,
+                Some(RunState::Running) => ResourceState::Running,
+                Some(RunState::Failed | RunState::StopFailed) => ResourceState::Failed,
+                Some(_) => ResourceState::Unknown,
+            };
+        }
+        g.restarts = core.restarts.get(i).copied().unwrap_or(0);
+        g.reason = core.reasons.get(i).cloned().flatten();
+        g.running_on = core
+            .elsewhere
+            .get(i)
+            .map(|v| {
+                v.iter()
+                    .map(|(node, state)| RunningOn {
+                        node: node.clone(),
+                        state: run_state_name(*state).to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(a) = core.published.as_ref().and_then(|p| p.groups.get(i)) {
+            g.target = a.node.and_then(name);
+            g.wanted = Some(a.wanted);
+            g.failovers = a.failovers.len();
+            g.excluded = a.excluded.keys().filter_map(|n| name(*n)).collect();
+        }
+        g.owner = if here == Some(RunState::Running) {
+            Some(me.to_owned())
+        } else {
+            g.running_on
+                .iter()
+                .find(|r| r.state == "running" && r.node != me)
+                .map(|r| r.node.clone())
+        };
+    }
+    groups
+}
+
+/// The engine's own line of `clusterctl status`.
+pub fn engine_status(core: &CoreStatus, names: &[String]) -> EngineStatus {
+    EngineStatus {
+        epoch: core.published.as_ref().map(|p| p.epoch),
+        coordinator: core
+            .published
+            .as_ref()
+            .and_then(|p| names.get(usize::from(p.coordinator)).cloned()),
+        coordinating_here: core.coordinator,
+        settled: core.settled,
+        maintenance: core.maintenance,
+    }
+}
+
+/// A run state as status shows it.
+pub fn run_state_name(s: RunState) -> &'static str {
+    match s {
+        RunState::Starting => "starting",
+        RunState::Running => "running",
+        RunState::Stopping => "stopping",
+        RunState::Failed => "failed",
+        RunState::StopFailed => "stop_failed",
+        RunState::Unknown => "unknown",
+    }
+}
