@@ -220,6 +220,8 @@ pub fn start(
 /// Longest delay before a heartbeat that changed nothing but last-heard
 /// times shows in the snapshot.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Least time between two heartbeat rounds sent early for view changes.
+const EARLY_SEND_GAP: Duration = Duration::from_millis(10);
 
 /// Rate limit for logging dropped datagrams: once per peer and reason.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -231,7 +233,7 @@ async fn run(
     key: ClusterKey,
     incarnation: u64,
     sockets: Vec<Socket>,
-    view: watch::Receiver<View>,
+    mut view: watch::Receiver<View>,
     snap_tx: watch::Sender<Snapshot>,
     change_tx: mpsc::UnboundedSender<(Instant, Change)>,
 ) {
@@ -280,14 +282,22 @@ async fn run(
     // snapshot for every datagram.
     let mut dirty = false;
     let mut published = Instant::now();
+    // A change of this node's view (a new placement, a group started) goes
+    // out at once rather than at the next beat, at most every
+    // EARLY_SEND_GAP; one that comes sooner waits for the next tick.
+    let mut last_sent = Instant::now();
+    let mut send_early = false;
+    let mut view_open = true;
     loop {
         let mut changed = false;
+        let mut send_now = false;
         tokio::select! {
-            _ = send_timer.tick() => {
-                seq += 1;
-                let mut v = view.borrow().clone();
-                v.sees = tracker.alive().filter_map(|p| u16::try_from(p).ok()).collect();
-                send_round(&plan, &key, incarnation, seq, v, &senders).await;
+            _ = send_timer.tick() => send_now = true,
+            r = view.changed(), if view_open => {
+                // A closed sender (a daemon that publishes no view) leaves
+                // the last view in place.
+                view_open = r.is_ok();
+                send_early = view_open;
             }
             _ = tick_timer.tick() => {
                 let now = Instant::now();
@@ -322,6 +332,23 @@ async fn run(
             }
         }
         let now = Instant::now();
+        if send_early && now.duration_since(last_sent) >= EARLY_SEND_GAP {
+            send_now = true;
+        }
+        if send_now {
+            send_early = false;
+            last_sent = now;
+            seq += 1;
+            let mut v = view.borrow_and_update().clone();
+            v.sees = tracker
+                .alive()
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect();
+            send_round(&plan, &key, incarnation, seq, v, &senders).await;
+        }
+        if tracker.take_views_changed() {
+            changed = true;
+        }
         if changed || (dirty && now.duration_since(published) >= PUBLISH_EVERY) {
             dirty = false;
             published = now;

@@ -132,6 +132,8 @@ pub struct Tracker {
     peers: Vec<Peer>,
     /// Dropped datagrams that named no valid peer.
     pub anonymous_drops: DropCounts,
+    /// A peer's view changed since [`Tracker::take_views_changed`].
+    views_changed: bool,
 }
 
 impl Tracker {
@@ -160,7 +162,14 @@ impl Tracker {
             started: now,
             peers: vec![peer; nodes],
             anonymous_drops: DropCounts::default(),
+            views_changed: false,
         }
+    }
+
+    /// Whether some peer's view changed since the last call (a new
+    /// placement, a group starting...): worth passing on at once.
+    pub fn take_views_changed(&mut self) -> bool {
+        std::mem::take(&mut self.views_changed)
     }
 
     /// This node's index.
@@ -255,7 +264,10 @@ impl Tracker {
             }
         }
         peer.last_heard = Some(now);
-        peer.view = Some(hb.view);
+        if peer.view.as_ref() != Some(&hb.view) {
+            self.views_changed = true;
+            peer.view = Some(hb.view);
+        }
         if peer.liveness != Liveness::Alive {
             peer.liveness = Liveness::Alive;
             changes.push(Change::PeerAlive { peer: p });
