@@ -40,9 +40,25 @@ enum Command {
     /// Run the real engine in virtual time over a scenario file (a config,
     /// timed faults and commands, expected placements and events); print
     /// the timeline. Exit 0 if every expectation held, 1 otherwise.
+    ///
+    /// With `--what-if`, start instead from the live cluster as its daemon
+    /// reports it (configuration, lost nodes, where each group runs), apply
+    /// the events, and show what the engine would do. Exit 1 if a safety
+    /// rule would break.
     Simulate {
         /// The scenario (TOML; see tests/scenarios/).
-        scenario: PathBuf,
+        #[arg(required_unless_present = "what_if", conflicts_with = "what_if")]
+        scenario: Option<PathBuf>,
+        /// An event to apply to the live cluster, in words: `power_off n0`,
+        /// `resource_fail n1 app`, `partition n0,n1|n2`, `move web n2`,
+        /// `maintenance n1 on`... Repeat for several, one second apart.
+        #[arg(long = "what-if", value_name = "EVENT")]
+        what_if: Vec<String>,
+        /// How long to simulate after the last `--what-if` event.
+        #[arg(long = "for", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        run_for: std::time::Duration,
+        #[command(flatten)]
+        target: Target,
     },
     /// Show a daemon's view of its cluster: nodes, groups, resources, VMs.
     Status {
@@ -146,7 +162,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Config(ConfigCommand::Check { files }) => config_cmd::check(&files, cli.json),
         Command::Config(ConfigCommand::Schema) => config_cmd::schema(),
-        Command::Simulate { scenario } => simulate_cmd::run(&scenario, cli.json),
+        Command::Simulate {
+            scenario,
+            what_if,
+            run_for,
+            target,
+        } => match scenario {
+            Some(file) => simulate_cmd::run(&file, cli.json),
+            None => status_cmd::fetch_from(&target)
+                .and_then(|s| simulate_cmd::what_if(&s, &what_if, run_for, cli.json)),
+        },
         Command::Config(ConfigCommand::Reference) => {
             print!("{}", conf::reference_markdown());
             Ok(ExitCode::SUCCESS)

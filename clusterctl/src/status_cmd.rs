@@ -82,6 +82,11 @@ fn status(client: &Client) -> anyhow::Result<NodeStatus> {
     }
 }
 
+/// Ask the daemon `target` points at for its status.
+pub(crate) fn fetch_from(target: &Target) -> anyhow::Result<NodeStatus> {
+    status(&Client::new(target)?)
+}
+
 /// Ask the daemon at `socket` for its status.
 pub(crate) fn fetch(socket: &Path) -> anyhow::Result<NodeStatus> {
     status(&Client::new(&Target::socket(socket.to_owned()))?)
