@@ -73,6 +73,8 @@ pub struct Engine {
     incarnation: u64,
     runtime: Option<crate::runtime::Runtime>,
     me: usize,
+    /// Longest a clean shutdown waits for this node's groups to stop.
+    stop_budget: std::time::Duration,
 }
 
 /// A short hash of the configuration file, carried in heartbeats so that
@@ -200,12 +202,34 @@ impl Engine {
             incarnation,
             runtime,
             me,
+            stop_budget: config
+                .groups
+                .iter()
+                .flat_map(|g| &g.resources)
+                .map(|r| r.stop_timeout.get())
+                .sum::<std::time::Duration>()
+                + std::time::Duration::from_secs(2),
         }))
     }
 
-    /// Clean shutdown: disarm the watchdog so that stopping the daemon on
-    /// purpose does not reset the node.
+    /// Clean shutdown: stop this node's groups (bounded by their stop
+    /// timeouts), then disarm the watchdog so that stopping the daemon on
+    /// purpose does not reset the node. Peers still fence this node or
+    /// wait out its lease before they take its groups over.
     pub async fn shutdown(&self) {
+        if let Some(rt) = &self.runtime {
+            let budget = self.stop_budget;
+            if !rt.shutdown(budget).await {
+                tracing::error!(
+                    budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+                    "groups not stopped within their stop timeouts; exiting anyway (peers fence this node)"
+                );
+                self.events.emit(
+                    "groups_not_stopped",
+                    json!({"why": "stop timeouts exceeded"}),
+                );
+            }
+        }
         let disarm = self.disarm.lock().ok().and_then(|mut d| d.take());
         if let Some(d) = disarm {
             let _ = d.send(());

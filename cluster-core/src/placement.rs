@@ -392,29 +392,33 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
     let default_facts = GroupFacts::default();
     let gf = |g: GroupId| facts.groups.get(g).unwrap_or(&default_facts);
     let mut decided: Vec<Option<Decision>> = vec![None; n_groups];
-    let mut used: Vec<Demand> = vec![Demand::default(); topo.nodes.len()];
-    let mut on_node: Vec<Vec<GroupId>> = vec![Vec::new(); topo.nodes.len()];
+    let mut load = Load::new(topo, facts);
     let mut refused_moves = Vec::new();
 
-    let assign = |g: GroupId,
-                  d: Decision,
-                  decided: &mut Vec<Option<Decision>>,
-                  used: &mut Vec<Demand>,
-                  on_node: &mut Vec<Vec<GroupId>>| {
+    let assign = |g: GroupId, d: Decision, decided: &mut Vec<Option<Decision>>, load: &mut Load| {
         if let Some(n) = d.node {
-            used[n] = used[n].add(topo.groups[g].demand);
-            on_node[n].push(g);
+            load.assign(topo, g, n);
         }
         decided[g] = Some(d);
     };
 
     // Where each group is now: the node it runs on (the most preferred of
     // several, if doubly active), else its previous assignment, else any
-    // node reporting it in another state.
+    // node reporting it in another state. A group an operator moved is
+    // where it was moved to as long as that node is up, even while it
+    // still runs on the node it leaves: otherwise the round after the move
+    // would find it running there and keep it there, undoing the move.
     let current: Vec<Option<NodeId>> = (0..n_groups)
         .map(|g| {
             let f = gf(g);
             let spec = &topo.groups[g];
+            if f.moved
+                && let Some(to) = f
+                    .assigned
+                    .filter(|n| node_state(facts, *n) == NodeState::Up)
+            {
+                return Some(to);
+            }
             let rank = |n: &NodeId| spec.nodes.iter().position(|x| x == n).unwrap_or(usize::MAX);
             let reported = |running: bool| {
                 f.runs
@@ -449,27 +453,46 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                     reason: Reason::Blocked { node: *n },
                 },
                 &mut decided,
-                &mut used,
-                &mut on_node,
+                &mut load,
             );
             continue;
         }
-        let unsafe_node = f
+        // Where it may run unseen: where it was reported or assigned; and,
+        // while no reachable node reports it, on any lost and unfenced
+        // node it may run on: that node may have started it after its last
+        // view reached us, or its view may never have reached us at all.
+        let seen_active = f
+            .runs
+            .iter()
+            .any(|(n, _)| node_state(facts, *n) != NodeState::Unsafe);
+        // Known to be (or to have been meant to be) there: pinned to it.
+        let pinned = f
             .runs
             .iter()
             .map(|(n, _)| *n)
             .chain(f.assigned)
             .find(|n| node_state(facts, *n) == NodeState::Unsafe);
-        if let Some(n) = unsafe_node {
+        // Only possibly there: held, but not assigned to it, so that it is
+        // placed afresh once that node is back or fenced.
+        let possible = || {
+            spec.nodes
+                .iter()
+                .copied()
+                .filter(|_| !seen_active)
+                .find(|n| node_state(facts, *n) == NodeState::Unsafe)
+        };
+        if let Some((node, n)) = pinned
+            .map(|n| (Some(n), n))
+            .or_else(|| possible().map(|n| (None, n)))
+        {
             assign(
                 g,
                 Decision {
-                    node: Some(n),
+                    node,
                     reason: Reason::WaitingForFence { node: n },
                 },
                 &mut decided,
-                &mut used,
-                &mut on_node,
+                &mut load,
             );
             continue;
         }
@@ -481,16 +504,27 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                     reason: Reason::StoppedByOperator,
                 },
                 &mut decided,
-                &mut used,
-                &mut on_node,
+                &mut load,
             );
             continue;
         }
         if f.move_to.is_some() {
             continue;
         }
+        // A group that runs nowhere stays assigned here only if the groups
+        // it starts after already have their nodes; otherwise it is
+        // decided in pass 2, after them: an assignment alone does not keep
+        // it placed when a group it starts after has lost its node.
+        if !runs_live(facts, f)
+            && spec
+                .start_after
+                .iter()
+                .any(|&d| decided[d].as_ref().is_none_or(|x| x.node.is_none()))
+        {
+            continue;
+        }
         let Some(cur) = current[g] else { continue };
-        if rejection(topo, facts, g, cur, &used, &on_node).is_some() {
+        if rejection(topo, facts, g, cur, &load).is_some() {
             continue;
         }
         let better_exists = spec.failback_auto
@@ -499,7 +533,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                 .nodes
                 .iter()
                 .take_while(|n| **n != cur)
-                .any(|&n| rejection(topo, facts, g, n, &used, &on_node).is_none());
+                .any(|&n| rejection(topo, facts, g, n, &load).is_none());
         if better_exists {
             continue;
         }
@@ -515,8 +549,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                 reason,
             },
             &mut decided,
-            &mut used,
-            &mut on_node,
+            &mut load,
         );
     }
 
@@ -532,8 +565,9 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
             .start_after
             .iter()
             .find(|&&d| decided[d].as_ref().is_none_or(|x| x.node.is_none()));
+        // (A dependent that still runs is not stopped for it.)
         if let Some(&dep) = dependency_missing
-            && from.is_none()
+            && !runs_live(facts, f)
         {
             assign(
                 g,
@@ -542,8 +576,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                     reason: Reason::WaitingForDependency { group: dep },
                 },
                 &mut decided,
-                &mut used,
-                &mut on_node,
+                &mut load,
             );
             continue;
         }
@@ -558,7 +591,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                             topo.nodes.get(n).map_or("?", String::as_str)
                         ))
                     } else {
-                        match rejection(topo, facts, g, n, &used, &on_node) {
+                        match rejection(topo, facts, g, n, &load) {
                             None => Ok(n),
                             Some(r) => Err(describe_rejection(topo, n, &r)),
                         }
@@ -568,9 +601,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                     .nodes
                     .iter()
                     .copied()
-                    .find(|&n| {
-                        Some(n) != from && rejection(topo, facts, g, n, &used, &on_node).is_none()
-                    })
+                    .find(|&n| Some(n) != from && rejection(topo, facts, g, n, &load).is_none())
                     .ok_or_else(|| "no other node can take it".to_owned()),
             };
             match target {
@@ -582,8 +613,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                             reason: Reason::Moved { from },
                         },
                         &mut decided,
-                        &mut used,
-                        &mut on_node,
+                        &mut load,
                     );
                     continue;
                 }
@@ -591,7 +621,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
             }
             // Refused: decide as if no move had been asked for.
             if let Some(cur) = from
-                && rejection(topo, facts, g, cur, &used, &on_node).is_none()
+                && rejection(topo, facts, g, cur, &load).is_none()
             {
                 assign(
                     g,
@@ -604,8 +634,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                         },
                     },
                     &mut decided,
-                    &mut used,
-                    &mut on_node,
+                    &mut load,
                 );
                 continue;
             }
@@ -613,7 +642,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
         let mut rejected = Vec::new();
         let mut chosen = None;
         for &n in &spec.nodes {
-            match rejection(topo, facts, g, n, &used, &on_node) {
+            match rejection(topo, facts, g, n, &load) {
                 None => {
                     chosen = Some(n);
                     break;
@@ -627,9 +656,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                     Some(f) if f == n => Reason::Stays,
                     Some(f) => {
                         let rank = |x: NodeId| spec.nodes.iter().position(|y| *y == x);
-                        if rank(n) < rank(f)
-                            && rejection(topo, facts, g, f, &used, &on_node).is_none()
-                        {
+                        if rank(n) < rank(f) && rejection(topo, facts, g, f, &load).is_none() {
                             Reason::FailedBack { from: f }
                         } else {
                             Reason::FailedOver { from: f }
@@ -647,7 +674,7 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
                 reason: Reason::NoNode { rejected },
             },
         };
-        assign(g, decision, &mut decided, &mut used, &mut on_node);
+        assign(g, decision, &mut decided, &mut load);
     }
 
     Placement {
@@ -666,14 +693,76 @@ pub fn place(topo: &Topology, facts: &Facts) -> Placement {
     }
 }
 
+/// Whether a node that is not down reports the group (in any state).
+fn runs_live(facts: &Facts, f: &GroupFacts) -> bool {
+    f.runs
+        .iter()
+        .any(|(n, _)| node_state(facts, *n) != NodeState::Down)
+}
+
+/// What the groups decided so far, and those still on a node, take of it.
+struct Load {
+    /// Capacity taken per node: by the groups assigned there, and by those
+    /// still there (in any state) that this placement moves away, until
+    /// they have stopped. A VM that is stopping still holds its memory.
+    used: Vec<Demand>,
+    /// Groups assigned per node.
+    on_node: Vec<Vec<GroupId>>,
+    /// Groups reported on each node that is not down.
+    held: Vec<Vec<GroupId>>,
+}
+
+impl Load {
+    fn new(topo: &Topology, facts: &Facts) -> Self {
+        let n = topo.nodes.len();
+        let mut load = Self {
+            used: vec![Demand::default(); n],
+            on_node: vec![Vec::new(); n],
+            held: vec![Vec::new(); n],
+        };
+        for (g, f) in facts.groups.iter().enumerate().take(topo.groups.len()) {
+            for &(node, _) in &f.runs {
+                if node < n
+                    && node_state(facts, node) != NodeState::Down
+                    && !load.held[node].contains(&g)
+                {
+                    load.held[node].push(g);
+                    load.used[node] = load.used[node].add(topo.groups[g].demand);
+                }
+            }
+        }
+        load
+    }
+
+    fn assign(&mut self, topo: &Topology, g: GroupId, n: NodeId) {
+        if !self.held[n].contains(&g) {
+            self.used[n] = self.used[n].add(topo.groups[g].demand);
+        }
+        self.on_node[n].push(g);
+    }
+
+    /// Capacity taken on `n` by everything but `g`.
+    fn used_by_others(&self, topo: &Topology, g: GroupId, n: NodeId) -> Demand {
+        let u = self.used.get(n).copied().unwrap_or_default();
+        if self.held.get(n).is_some_and(|h| h.contains(&g)) {
+            let d = topo.groups[g].demand;
+            Demand {
+                memory_mib: u.memory_mib.saturating_sub(d.memory_mib),
+                vcpus: u.vcpus.saturating_sub(d.vcpus),
+            }
+        } else {
+            u
+        }
+    }
+}
+
 /// Why node `n` cannot take group `g` now, or `None` if it can.
 fn rejection(
     topo: &Topology,
     facts: &Facts,
     g: GroupId,
     n: NodeId,
-    used: &[Demand],
-    on_node: &[Vec<GroupId>],
+    load: &Load,
 ) -> Option<Rejection> {
     match node_state(facts, n) {
         NodeState::Up => {}
@@ -685,7 +774,8 @@ fn rejection(
         return Some(Rejection::Excluded);
     }
     let spec = &topo.groups[g];
-    if let Some(&with) = on_node
+    if let Some(&with) = load
+        .on_node
         .get(n)?
         .iter()
         .find(|o| spec.anti_affinity.contains(o))
@@ -693,7 +783,7 @@ fn rejection(
         return Some(Rejection::AntiAffinity { with });
     }
     if let Some(budget) = topo.capacity.get(n).copied().flatten() {
-        let u = used.get(n).copied().unwrap_or_default();
+        let u = load.used_by_others(topo, g, n);
         if !spec.demand.fits(u, budget) {
             return Some(Rejection::Capacity {
                 need: spec.demand,

@@ -76,6 +76,7 @@ enum Command {
     },
     Maintenance(bool),
     ForgetAll,
+    Shutdown,
 }
 
 enum Done {
@@ -230,6 +231,18 @@ impl Runtime {
         self.status.borrow().clone()
     }
 
+    /// Stop every group here (in reverse order, each resource within its
+    /// stop timeout) before the daemon exits; `false` if they were not all
+    /// stopped within `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        if self.commands.send(Command::Shutdown).is_err() {
+            return true;
+        }
+        tokio::time::timeout(timeout, self.stop.notified())
+            .await
+            .is_ok()
+    }
+
     /// Resolves when the recovery ladder stopped this daemon (final action
     /// `stop_daemon`) and its groups are stopped.
     pub async fn stopped(&self) {
@@ -289,6 +302,11 @@ async fn run(
                     core.set_maintenance(on);
                 }
                 Command::ForgetAll => core.forget_all_running(),
+                Command::Shutdown => {
+                    events.emit("daemon_stopping", json!({"why": "stop requested"}));
+                    core.shutdown();
+                    stopping = true;
+                }
             },
         }
         let input = cluster_input(
@@ -298,9 +316,14 @@ async fn run(
             &membership.borrow(),
             &guard.borrow(),
         );
-        let step = core.step(now_ms(), &input);
+        let epoch = core.published().map(|p| p.epoch);
         // Effects of a completion first (they were decided first).
-        effects.extend(step);
+        effects.extend(core.step(now_ms(), &input));
+        if core.published().map(|p| p.epoch) != epoch {
+            // A new placement (published here or adopted): act on it now
+            // rather than at the next tick.
+            effects.extend(core.step(now_ms(), &input));
+        }
         for e in effects {
             match e {
                 Effect::Persist(state) => persist(&state_dir, &state, &events),

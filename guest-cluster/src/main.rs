@@ -52,15 +52,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("cannot start the cluster engine")?;
     let shutdown_engine = engine.clone();
+    let ladder_engine = engine.clone();
+    // A signal, or the recovery ladder's final action `stop_daemon`.
+    let stop = async move {
+        let ladder = async {
+            match ladder_engine.runtime() {
+                Some(rt) => rt.stopped().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = daemon::shutdown_signal() => {}
+            () = ladder => tracing::error!("stopping: the recovery ladder's final action is stop_daemon"),
+        }
+    };
     let service = Arc::new(GuestService::new(
         start.config,
         start.config_file.display().to_string(),
         start.node,
         engine,
     ));
-    api.serve(service, daemon::shutdown_signal())
-        .await
-        .context("control API")?;
+    api.serve(service, stop).await.context("control API")?;
     shutdown_engine.shutdown().await;
     tracing::info!("guest-clusterd stopped");
     Ok(())

@@ -22,6 +22,7 @@ fn config_check_accepts_every_example() {
         "guest-nplus1.toml",
         "dr-asymmetric.toml",
         "demo-hosts.toml",
+        "demo-guests.toml",
     ]
     .iter()
     .map(|f| example(f).display().to_string())
@@ -236,7 +237,22 @@ fn the_demo_starts_two_hosts_reports_and_stops() {
     let d = dir.path().display().to_string();
     let out = run("clusterctl", &["--json", "demo", "--dir", &d]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let statuses: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let demo: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    // Act two: the guest cluster's application failed over from g1 to g2
+    // after g1's lease expired, and g2 reports it running there.
+    let failover = &demo["guest_failover"];
+    let took = failover["takeover_ms"].as_u64().unwrap_or(0);
+    assert!((1300..10_000).contains(&took), "{failover}");
+    let kinds: Vec<&str> = failover["timeline"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["kind"].as_str()).collect())
+        .unwrap_or_default();
+    let at = |k: &str| kinds.iter().position(|x| *x == k);
+    assert!(at("takeover_allowed") < at("group_running"), "{kinds:?}");
+    assert!(at("lease_wait").is_some(), "{kinds:?}");
+    let app = &failover["status"]["groups"][0];
+    assert_eq!(app["owner"], "g2", "{app}");
+    let statuses = &demo["hosts"];
     let nodes: Vec<&str> = statuses
         .as_array()
         .map(|a| a.iter().filter_map(|s| s["node"].as_str()).collect())

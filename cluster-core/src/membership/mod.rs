@@ -284,7 +284,7 @@ async fn run(
     let mut published = Instant::now();
     // A change of this node's view (a new placement, a group started) goes
     // out at once rather than at the next beat, at most every
-    // EARLY_SEND_GAP; one that comes sooner waits for the next tick.
+    // EARLY_SEND_GAP; one that comes sooner waits out the gap.
     let mut last_sent = Instant::now();
     let mut send_early = false;
     let mut view_open = true;
@@ -293,6 +293,7 @@ async fn run(
         let mut send_now = false;
         tokio::select! {
             _ = send_timer.tick() => send_now = true,
+            () = tokio::time::sleep_until((last_sent + EARLY_SEND_GAP).into()), if send_early => {}
             r = view.changed(), if view_open => {
                 // A closed sender (a daemon that publishes no view) leaves
                 // the last view in place.

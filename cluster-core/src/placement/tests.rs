@@ -146,6 +146,45 @@ fn a_manual_move_is_one_shot_and_suspends_automatic_fail_back_only_visibly() {
 }
 
 #[test]
+fn a_move_in_progress_is_not_undone_by_the_next_round() {
+    for auto in [false, true] {
+        let t = topo(3, &[("g", &[0, 1, 2], auto)]);
+        let mut f = facts(&[Up, Up, Up], 1);
+        running(&mut f, 0, 1);
+        f.groups[0].move_to = Some(Some(2));
+        let p = place(&t, &f);
+        assert_eq!(p.groups[0].node, Some(2));
+        assert_eq!(p.groups[0].reason, Reason::Moved { from: Some(1) });
+        // The next round comes before the old node has even begun to stop:
+        // the move is consumed, the group still runs on n1, assigned to n2.
+        f.groups[0].move_to = None;
+        f.groups[0].moved = true;
+        f.groups[0].assigned = Some(2);
+        let p = place(&t, &f);
+        assert_eq!(p.groups[0].node, Some(2), "auto={auto}");
+        assert_eq!(p.groups[0].reason, Reason::StaysMoved);
+        assert_eq!(
+            actions(&t, &f, &p),
+            vec![Action::Stop { group: 0, node: 1 }]
+        );
+        // Stopped there: it starts where it was moved to.
+        f.groups[0].runs.clear();
+        let p = place(&t, &f);
+        assert_eq!(p.groups[0].node, Some(2));
+        assert_eq!(
+            actions(&t, &f, &p),
+            vec![Action::Start { group: 0, node: 2 }]
+        );
+        // The target dies before the group got there: a normal failover
+        // to the most preferred node.
+        f.nodes[2] = Down;
+        let p = place(&t, &f);
+        assert_eq!(p.groups[0].node, Some(0), "auto={auto}");
+        assert_eq!(p.groups[0].reason, Reason::FailedOver { from: 2 });
+    }
+}
+
+#[test]
 fn a_move_to_a_node_that_cannot_take_it_is_refused_and_forgotten() {
     let t = topo(3, &[("g", &[0, 1], false)]);
     let mut f = facts(&[Up, Down, Up], 1);
@@ -215,6 +254,63 @@ fn a_running_group_keeps_its_capacity_before_newcomers() {
     running(&mut f, 1, 1);
     let p = place(&t, &f);
     assert_eq!(nodes_of(&p), vec![None, Some(1)]);
+}
+
+#[test]
+fn a_group_still_stopping_holds_its_capacity_until_it_has_stopped() {
+    let mut t = topo(2, &[("big", &[0, 1], false), ("batch", &[1], false)]);
+    for g in &mut t.groups {
+        g.demand = Demand {
+            memory_mib: 12288,
+            vcpus: 4,
+        };
+    }
+    t.capacity = vec![
+        Some(Demand {
+            memory_mib: 16384,
+            vcpus: 8,
+        });
+        2
+    ];
+    // n0 is down; the operator stopped batch, which still runs on n1.
+    let mut f = facts(&[Down, Up], 2);
+    f.groups[0].assigned = Some(0);
+    running(&mut f, 1, 1);
+    f.groups[1].wanted = false;
+    let p = place(&t, &f);
+    assert_eq!(nodes_of(&p), vec![None, None]);
+    let why = p.groups[0].reason.describe(&t);
+    assert!(
+        why.contains("n1 lacks capacity (needs 12288 MiB/4 vCPUs, 4096 MiB/4 vCPUs free)"),
+        "{why}"
+    );
+    assert_eq!(
+        actions(&t, &f, &p),
+        vec![Action::Stop { group: 1, node: 1 }]
+    );
+    // While it stops, still nothing for big.
+    f.groups[1].runs = vec![(1, RunState::Stopping)];
+    assert_eq!(nodes_of(&place(&t, &f)), vec![None, None]);
+    // Stopped: big takes n1.
+    f.groups[1].runs.clear();
+    let p = place(&t, &f);
+    assert_eq!(nodes_of(&p), vec![Some(1), None]);
+    assert_eq!(
+        actions(&t, &f, &p),
+        vec![Action::Start { group: 0, node: 1 }]
+    );
+    // A group that stays where it runs is not counted twice.
+    f.groups[0].runs = vec![(1, RunState::Running)];
+    f.groups[0].assigned = Some(1);
+    let p = place(&t, &f);
+    assert_eq!(p.groups[0].node, Some(1));
+    assert_eq!(p.groups[0].reason, Reason::Stays);
+    // A down node holds nothing.
+    let mut f = facts(&[Up, Down], 2);
+    running(&mut f, 0, 1);
+    running(&mut f, 1, 1);
+    f.groups[1].wanted = false;
+    assert_eq!(nodes_of(&place(&t, &f)), vec![Some(0), None]);
 }
 
 #[test]
@@ -294,6 +390,43 @@ fn a_dependency_without_a_node_keeps_its_dependent_down() {
         p.groups[0].reason,
         Reason::WaitingForDependency { group: 1 }
     );
+}
+
+#[test]
+fn an_assignment_alone_does_not_keep_a_dependent_placed() {
+    let mut t = topo(3, &[("app", &[1, 2], false), ("db", &[0], false)]);
+    t.groups[0].start_after = vec![1];
+    reorder(&mut t);
+    // app was assigned n1 while db still had a node (say, pinned to a lost
+    // n0), but never started; now n0 is down and db has no node.
+    let mut f = facts(&[Down, Up, Up], 2);
+    f.groups[0].assigned = Some(1);
+    f.groups[1].assigned = Some(0);
+    let p = place(&t, &f);
+    assert_eq!(nodes_of(&p), vec![None, None]);
+    assert_eq!(
+        p.groups[0].reason,
+        Reason::WaitingForDependency { group: 1 }
+    );
+    // A dependent that runs is not stopped because its dependency is gone.
+    running(&mut f, 0, 1);
+    let p = place(&t, &f);
+    assert_eq!(nodes_of(&p), vec![Some(1), None]);
+    assert_eq!(p.groups[0].reason, Reason::Stays);
+    // db runs again: app, not started yet, keeps its assignment.
+    let mut f = facts(&[Up, Up, Up], 2);
+    f.groups[0].assigned = Some(2);
+    running(&mut f, 1, 0);
+    let p = place(&t, &f);
+    assert_eq!(nodes_of(&p), vec![Some(2), Some(0)]);
+    assert_eq!(p.groups[0].reason, Reason::Stays);
+    // db is being placed anew: app is placed after it.
+    f.groups[1] = GroupFacts {
+        wanted: true,
+        ..GroupFacts::default()
+    };
+    let p = place(&t, &f);
+    assert_eq!(nodes_of(&p), vec![Some(1), Some(0)]);
 }
 
 #[test]
@@ -460,4 +593,33 @@ failback = "auto"
             None
         ]
     );
+}
+
+#[test]
+fn with_no_knowledge_of_the_group_a_lost_unfenced_node_may_run_it() {
+    // A coordinator that never saw the group's owner (the owner's view
+    // never reached it) must not start the group while a node that may
+    // run it is lost and not fenced.
+    let t = topo(3, &[("g", &[0, 1], false), ("h", &[1, 2], false)]);
+    let f = facts(&[Unsafe, Up, Up], 2);
+    let p = place(&t, &f);
+    assert_eq!(p.groups[0].reason, Reason::WaitingForFence { node: 0 });
+    // Held, not assigned there: once n0 is back it is placed afresh.
+    assert_eq!(p.groups[0].node, None);
+    // `h` cannot run on n0: it starts.
+    assert_eq!(p.groups[1].node, Some(1));
+    assert_eq!(
+        actions(&t, &f, &p),
+        vec![Action::Start { group: 1, node: 1 }]
+    );
+    // Once n0 is known down, `g` starts on n1.
+    let f = facts(&[Down, Up, Up], 2);
+    let p = place(&t, &f);
+    assert_eq!(p.groups[0].node, Some(1));
+    // A group seen running on a live node does not wait for the lost one.
+    let mut f = facts(&[Unsafe, Up, Up], 2);
+    running(&mut f, 0, 1);
+    let p = place(&t, &f);
+    assert_eq!(p.groups[0].node, Some(1));
+    assert_eq!(p.groups[0].reason, Reason::Stays);
 }
