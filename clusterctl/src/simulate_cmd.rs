@@ -258,7 +258,7 @@ fn parse_event(at_ms: u64, text: &str) -> anyhow::Result<toml::Value> {
                     toml::Value::Array(
                         s.split(',')
                             .filter(|n| !n.is_empty())
-                            .map(|n| toml::Value::from(n))
+                            .map(toml::Value::from)
                             .collect(),
                     )
                 })

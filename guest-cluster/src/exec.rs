@@ -263,7 +263,7 @@ impl MonitorDriver for CustomMonitor {
 }
 
 /// The grace between `SIGTERM` and `SIGKILL` for an action of `timeout`.
-fn grace_for(timeout: Duration) -> Duration {
+pub(crate) fn grace_for(timeout: Duration) -> Duration {
     MAX_GRACE.min(timeout / 2)
 }
 
@@ -311,7 +311,7 @@ fn cannot_execute(status: ExitStatus) -> bool {
 }
 
 /// Spawn errors that retrying on this node cannot cure.
-fn spawn_error_is_hard(e: &io::Error) -> bool {
+pub(crate) fn spawn_error_is_hard(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
@@ -322,7 +322,7 @@ fn spawn_error_is_hard(e: &io::Error) -> bool {
 }
 
 /// `exit N: last stderr line`, or `killed by signal N`.
-fn describe(status: ExitStatus, last_stderr: Option<&str>) -> String {
+pub(crate) fn describe(status: ExitStatus, last_stderr: Option<&str>) -> String {
     let what = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit {code}"),
         (None, Some(signal)) => match Signal::try_from(signal) {
@@ -351,35 +351,35 @@ fn lost(argv: &[String], e: &io::Error) -> String {
 
 /// Names a command's output lines are logged with.
 #[derive(Debug)]
-struct Labels {
-    group: String,
+pub(crate) struct Labels {
+    pub(crate) group: String,
     /// The resource, or the monitor.
-    resource: String,
-    action: &'static str,
+    pub(crate) resource: String,
+    pub(crate) action: &'static str,
 }
 
 /// One command to run.
-struct Spec<'a> {
-    argv: &'a [String],
+pub(crate) struct Spec<'a> {
+    pub(crate) argv: &'a [String],
     /// Set in order over the daemon's environment (later wins).
-    env: Vec<(String, String)>,
-    working_dir: Option<&'a Path>,
-    timeout: Duration,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) working_dir: Option<&'a Path>,
+    pub(crate) timeout: Duration,
     /// Between `SIGTERM` and `SIGKILL`; zero kills at once.
-    grace: Duration,
-    labels: Arc<Labels>,
+    pub(crate) grace: Duration,
+    pub(crate) labels: Arc<Labels>,
 }
 
 /// How a command ended.
 #[derive(Debug)]
-struct Finished {
-    ended: Ended,
+pub(crate) struct Finished {
+    pub(crate) ended: Ended,
     /// The last non-empty line it wrote to stderr.
-    last_stderr: Option<String>,
+    pub(crate) last_stderr: Option<String>,
 }
 
 #[derive(Debug)]
-enum Ended {
+pub(crate) enum Ended {
     /// It exited (or was killed by someone else) in time.
     Exited(ExitStatus),
     /// It could not be started.
@@ -392,7 +392,7 @@ enum Ended {
 
 /// Run one command to its end or its timeout. The one place that starts
 /// processes in this module.
-async fn run(spec: Spec<'_>) -> Finished {
+pub(crate) async fn run(spec: Spec<'_>) -> Finished {
     let Some((program, args)) = spec.argv.split_first() else {
         return Finished {
             ended: Ended::Spawn(io::Error::new(

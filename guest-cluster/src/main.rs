@@ -48,6 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cluster_core::engine::Workload::Managed(guest_cluster::drivers::build(
             &start.config,
             &start.node,
+            &start.state_dir,
         )),
     )
     .context("cannot start the cluster engine")?;

@@ -1,0 +1,407 @@
+//! Network monitors: `kind = "nic"` (the link state of an interface) and
+//! `kind = "ip"` (ICMP echo to ping targets).
+//!
+//! # `nic`
+//!
+//! A background task subscribes to the kernel's link notifications
+//! (netlink group `RTNLGRP_LINK`), reads the link once, and then keeps its
+//! latest state; a check only reads that state, so it answers at once and
+//! reflects a change as soon as the kernel reports it. A link set down or
+//! deleted is reported at once; a lost (or regained) carrier is reported by
+//! the kernel's link-watch work, which runs at most once a second, so that
+//! notification can lag up to 1 s: the task therefore also reads the link
+//! every [`LINK_REFRESH`], which shows the carrier at once. The task starts
+//! at the first check and is restarted (with a fresh read) if its netlink
+//! socket fails; notifications lost to a full socket buffer trigger a
+//! fresh read too.
+//!
+//! A check fails when the interface does not exist, is down (`IFF_UP`
+//! clear), has no carrier (`IFLA_CARRIER` 0 or `IFF_LOWER_UP` clear), has
+//! an operational state other than up or unknown, or is not running
+//! (`IFF_RUNNING` clear).
+//!
+//! # `ip`
+//!
+//! Each target gets up to [`PING_ATTEMPTS`] ICMP echo requests spread over
+//! the check's timeout (IPv4 and IPv6, with `surge-ping`: an unprivileged
+//! ICMP socket where `net.ipv4.ping_group_range` allows it, a raw socket
+//! otherwise, as root). The check passes as soon as any target answers and
+//! fails when none has answered by the timeout. Link-local IPv6 targets
+//! need a scope, which the configuration cannot give: use global or
+//! unique-local addresses.
+
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use cluster_core::resource::{BoxFuture, CheckOutcome, MonitorDriver};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use pnet_packet::icmp::IcmpTypes;
+use pnet_packet::icmpv6::Icmpv6Types;
+use rtnetlink::MulticastGroup;
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use surge_ping::{Client, ICMP, IcmpPacket, PingIdentifier, PingSequence};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::floating_ip::{Link, NetError, get_link};
+
+/// How long the `nic` watcher waits before it opens a new netlink socket
+/// after its socket failed.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// How often the `nic` watcher reads the link besides the notifications:
+/// the kernel reports carrier changes through its link-watch work, which
+/// runs at most once a second, so a notification can come up to 1 s after
+/// the change, while a read shows the carrier at once.
+pub const LINK_REFRESH: Duration = Duration::from_millis(100);
+
+/// Echo requests sent to each target within one check.
+pub const PING_ATTEMPTS: u32 = 3;
+/// The payload of the echo requests.
+const PING_PAYLOAD: &[u8] = b"kvmha ip monitor";
+
+// ---------------------------------------------------------------------------
+// `nic`
+
+/// What the watcher knows about the link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum NicState {
+    /// The first read has not answered yet.
+    Pending,
+    /// The link as last reported; `None`: there is no such link.
+    Known(Option<Link>),
+    /// Netlink failed; the watcher retries.
+    Error(String),
+}
+
+/// The background task of one `nic` monitor.
+#[derive(Debug)]
+struct Watcher {
+    state: watch::Receiver<NicState>,
+    task: JoinHandle<()>,
+}
+
+/// Driver of one `kind = "nic"` monitor.
+#[derive(Debug)]
+pub struct NicMonitor {
+    interface: String,
+    watcher: Mutex<Option<Watcher>>,
+}
+
+impl NicMonitor {
+    /// A monitor of the link `config.interface` (in the network namespace
+    /// of the thread that runs the first check).
+    pub fn new(config: &conf::NicMonitor) -> Self {
+        Self {
+            interface: config.interface.clone(),
+            watcher: Mutex::new(None),
+        }
+    }
+
+    /// The watcher's state, starting (or restarting) the watcher if needed.
+    fn state(&self) -> watch::Receiver<NicState> {
+        let mut watcher = self.watcher.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = watcher.as_ref().filter(|w| !w.task.is_finished()) {
+            return w.state.clone();
+        }
+        let (tx, rx) = watch::channel(NicState::Pending);
+        let task = tokio::spawn(watch_link(self.interface.clone(), tx));
+        *watcher = Some(Watcher {
+            state: rx.clone(),
+            task,
+        });
+        rx
+    }
+
+    fn judge(&self, state: &NicState) -> CheckOutcome {
+        match state {
+            NicState::Known(Some(link)) => match link.problem() {
+                None => CheckOutcome::Ok,
+                Some(problem) => CheckOutcome::Failed(problem),
+            },
+            NicState::Known(None) => {
+                CheckOutcome::Failed(format!("interface `{}` does not exist", self.interface))
+            }
+            NicState::Error(e) => CheckOutcome::Failed(format!(
+                "cannot read the state of `{}`: {e}",
+                self.interface
+            )),
+            NicState::Pending => CheckOutcome::Failed(format!(
+                "the state of `{}` is not known yet",
+                self.interface
+            )),
+        }
+    }
+}
+
+impl Drop for NicMonitor {
+    fn drop(&mut self) {
+        let watcher = self
+            .watcher
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = watcher.take() {
+            w.task.abort();
+        }
+    }
+}
+
+impl MonitorDriver for NicMonitor {
+    fn check(&self, timeout: Duration) -> BoxFuture<'_, CheckOutcome> {
+        Box::pin(async move {
+            let mut state = self.state();
+            // Only the first check waits, for the first read.
+            let ready = tokio::time::timeout(timeout, async {
+                state
+                    .wait_for(|s| !matches!(s, NicState::Pending))
+                    .await
+                    .map(|s| s.clone())
+            })
+            .await;
+            let outcome = match ready {
+                Ok(Ok(s)) => self.judge(&s),
+                // The watcher ended before its first answer (it is
+                // restarted by the next check).
+                Ok(Err(_)) => self.judge(&state.borrow()),
+                Err(_) => CheckOutcome::Failed(format!(
+                    "the state of `{}` is not known after {timeout:?}",
+                    self.interface
+                )),
+            };
+            if let CheckOutcome::Failed(why) = &outcome {
+                tracing::debug!(interface = %self.interface, "nic check failed: {why}");
+            }
+            outcome
+        })
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keep `tx` up to date with the link `name`, for ever.
+async fn watch_link(name: String, tx: watch::Sender<NicState>) {
+    // Until nobody reads the state any more.
+    while let Some(e) = follow_link(&name, &tx).await {
+        tracing::warn!(interface = %name, "link notifications failed: {e}");
+        tx.send_replace(NicState::Error(e.to_string()));
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+/// Subscribe, read the link once, then apply every notification; returns
+/// on failure, or with `None` when nobody reads the state any more.
+async fn follow_link(name: &str, tx: &watch::Sender<NicState>) -> Option<NetError> {
+    let (connection, handle, mut messages) =
+        match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
+            Ok(c) => c,
+            Err(e) => return Some(NetError::Connect(e)),
+        };
+    let _connection = AbortOnDrop(tokio::spawn(connection));
+    // Subscribed before the first read: no change falls in between.
+    let mut known = match get_link(&handle, name).await {
+        Ok(link) => link,
+        Err(e) => return Some(e),
+    };
+    publish(name, tx, &known);
+    let mut refresh = tokio::time::interval(LINK_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let changed = tokio::select! {
+            message = messages.next() => {
+                let Some((message, _)) = message else { break };
+                match message.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                        let link = Link::from_message(&m);
+                        if link.name == name {
+                            Some(Some(link))
+                        } else if known.as_ref().is_some_and(|k| k.index == link.index) {
+                            // Our link was renamed away.
+                            Some(None)
+                        } else {
+                            None
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+                        let link = Link::from_message(&m);
+                        let ours = link.name == name
+                            || known.as_ref().is_some_and(|k| k.index == link.index);
+                        ours.then_some(None)
+                    }
+                    NetlinkPayload::Overrun(_) => {
+                        // Notifications were lost: read the link again.
+                        tracing::debug!(interface = %name, "link notifications overran");
+                        match get_link(&handle, name).await {
+                            Ok(link) => Some(link),
+                            Err(e) => return Some(e),
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            _ = refresh.tick() => match get_link(&handle, name).await {
+                Ok(link) => Some(link),
+                Err(e) => return Some(e),
+            },
+        };
+        if let Some(link) = changed
+            && link != known
+        {
+            known = link;
+            publish(name, tx, &known);
+        }
+        if tx.is_closed() {
+            return None;
+        }
+    }
+    Some(NetError::Connect(std::io::Error::other(
+        "the netlink socket closed",
+    )))
+}
+
+fn publish(name: &str, tx: &watch::Sender<NicState>, link: &Option<Link>) {
+    match link.as_ref().map(Link::problem) {
+        None => tracing::info!(interface = %name, "link absent"),
+        Some(None) => tracing::info!(interface = %name, "link up"),
+        Some(Some(problem)) => tracing::info!(interface = %name, "link unusable: {problem}"),
+    }
+    tx.send_replace(NicState::Known(link.clone()));
+}
+
+// ---------------------------------------------------------------------------
+// `ip`
+
+/// Driver of one `kind = "ip"` monitor.
+#[derive(Debug)]
+pub struct IpMonitor {
+    targets: Vec<IpAddr>,
+}
+
+impl IpMonitor {
+    /// A monitor pinging `config.targets`.
+    pub fn new(config: &conf::IpMonitor) -> Self {
+        Self {
+            targets: config.targets.clone(),
+        }
+    }
+
+    async fn ping_all(&self, timeout: Duration) -> CheckOutcome {
+        if self.targets.is_empty() {
+            return CheckOutcome::Failed("no ping targets configured".into());
+        }
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut v4 = None;
+        let mut v6 = None;
+        let mut errors = Vec::new();
+        let ident = PingIdentifier(rand::random());
+        let spacing = timeout / PING_ATTEMPTS;
+        let mut pings = FuturesUnordered::new();
+        for &target in &self.targets {
+            let (slot, kind) = match target {
+                IpAddr::V4(_) => (&mut v4, ICMP::V4),
+                IpAddr::V6(_) => (&mut v6, ICMP::V6),
+            };
+            let client = match slot {
+                Some(c) => Ok::<&Client, String>(c),
+                None => match Client::new(&surge_ping::Config::builder().kind(kind).build()) {
+                    Ok(c) => Ok(&*slot.insert(c)),
+                    Err(e) => Err(format!("cannot open an ICMP socket: {e}")),
+                },
+            };
+            let client = match client {
+                Ok(c) => c.clone(),
+                Err(e) => {
+                    errors.push(format!("{target}: {e}"));
+                    continue;
+                }
+            };
+            for attempt in 0..PING_ATTEMPTS {
+                let client = client.clone();
+                let send_at = started + spacing * attempt;
+                pings.push(async move {
+                    tokio::time::sleep_until(send_at).await;
+                    let mut pinger = client.pinger(target, ident).await;
+                    pinger.timeout(deadline.saturating_duration_since(Instant::now()));
+                    let seq = PingSequence(u16::try_from(attempt).unwrap_or(u16::MAX));
+                    (target, pinger.ping(seq, PING_PAYLOAD).await)
+                });
+            }
+        }
+        let mut last_error: Vec<(IpAddr, String)> = Vec::new();
+        while let Some((target, result)) = pings.next().await {
+            let result = result
+                .map_err(|e| e.to_string())
+                .and_then(|(packet, rtt)| echo_reply(&packet).map(|()| rtt));
+            match result {
+                Ok(rtt) => {
+                    tracing::debug!(%target, ?rtt, "ping answered");
+                    return CheckOutcome::Ok;
+                }
+                Err(e) => match last_error.iter_mut().find(|(t, _)| *t == target) {
+                    Some(entry) => entry.1 = e,
+                    None => last_error.push((target, e)),
+                },
+            }
+        }
+        errors.extend(last_error.into_iter().map(|(t, e)| format!("{t}: {e}")));
+        CheckOutcome::Failed(format!(
+            "no ping target answered within {timeout:?} ({})",
+            errors.join("; ")
+        ))
+    }
+}
+
+/// An echo reply is an answer; an ICMP error about the request (a router
+/// or our own stack saying the target is unreachable) is not.
+fn echo_reply(packet: &IcmpPacket) -> Result<(), String> {
+    let (kind, code, from) = match packet {
+        IcmpPacket::V4(p) if p.get_icmp_type() == IcmpTypes::EchoReply => return Ok(()),
+        IcmpPacket::V6(p) if p.get_icmpv6_type() == Icmpv6Types::EchoReply => return Ok(()),
+        IcmpPacket::V4(p) => {
+            let kind = match p.get_icmp_type() {
+                IcmpTypes::DestinationUnreachable => "destination unreachable".to_owned(),
+                IcmpTypes::TimeExceeded => "time exceeded".to_owned(),
+                other => format!("ICMP type {}", other.0),
+            };
+            (kind, p.get_icmp_code().0, IpAddr::V4(p.get_source()))
+        }
+        IcmpPacket::V6(p) => {
+            let kind = match p.get_icmpv6_type() {
+                Icmpv6Types::DestinationUnreachable => "destination unreachable".to_owned(),
+                Icmpv6Types::TimeExceeded => "time exceeded".to_owned(),
+                other => format!("ICMPv6 type {}", other.0),
+            };
+            (kind, p.get_icmpv6_code().0, IpAddr::V6(p.get_source()))
+        }
+    };
+    Err(format!("{kind} (code {code}) from {from}"))
+}
+
+impl MonitorDriver for IpMonitor {
+    fn check(&self, timeout: Duration) -> BoxFuture<'_, CheckOutcome> {
+        Box::pin(async move {
+            // Every ping ends by the deadline; this is the backstop.
+            match tokio::time::timeout(timeout + Duration::from_millis(50), self.ping_all(timeout))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    CheckOutcome::Failed(format!("no ping target answered within {timeout:?}"))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
