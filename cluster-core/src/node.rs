@@ -56,6 +56,13 @@ pub struct Assignment {
     pub failovers: Vec<u64>,
     /// Bumped by `clusterctl clear`: nodes reset their local counts.
     pub cleared: u64,
+    /// The node it was assigned to before the current one.
+    #[serde(default)]
+    pub previous: Option<u16>,
+    /// That node was lost and made safe (fenced, or its lease expired)
+    /// when the group left it.
+    #[serde(default)]
+    pub previous_fenced: bool,
 }
 
 /// A placement as the coordinator published it.
@@ -71,6 +78,27 @@ pub struct Published {
     pub groups: Vec<Assignment>,
     /// Per node, the newest operator request applied.
     pub applied: BTreeMap<u16, u64>,
+    /// Lost nodes the coordinator knew down (fenced, or lease expired)
+    /// when it published this: other nodes learn it from here.
+    #[serde(default)]
+    pub down: BTreeSet<u16>,
+    /// The nodes the coordinator heard (and itself) when it published
+    /// this. A node that does not hear one of them starts nothing on this
+    /// placement: that node may still run a group being moved here, and
+    /// only the coordinator can see it stop.
+    #[serde(default)]
+    pub live: BTreeSet<u16>,
+}
+
+impl Published {
+    /// Which of two placements is newer: the higher epoch, and of two with
+    /// the same epoch (published by two coordinators at once, e.g. by a
+    /// node cut off before it noticed), the one of the higher-ordered
+    /// coordinator. Every node picks the same one, and (epoch, coordinator)
+    /// names one placement.
+    pub fn order(&self) -> (u64, u16) {
+        (self.epoch, self.coordinator)
+    }
 }
 
 /// An operator request (or a node's own request to be excluded), carried
@@ -256,6 +284,8 @@ enum StopWhy {
     Unknown,
     /// The daemon stops.
     Shutdown,
+    /// Quorum was lost while the group was starting.
+    QuorumLost,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,6 +335,19 @@ pub struct NodeCore {
     groups: Vec<LocalGroup>,
     dirty: bool,
     shutting_down: bool,
+    /// Whether the partition was quorate at the last [`NodeCore::step`]: a
+    /// start (or a recovery restart) that finishes after quorum was lost
+    /// must not go on.
+    quorate: bool,
+    /// Per peer, the groups it may run as far as its last view tells (the
+    /// groups it reports in any state, and those its placement assigns
+    /// it), with this node's placement epoch when it was last heard. Kept
+    /// after the peer is lost, until it is known down (here, or in a newer
+    /// placement): a group a lost peer was still stopping (or about to
+    /// start) is not started before that peer is fenced or its lease has
+    /// expired, and the coordinator counts it as running there.
+    /// (Indexed by node; `None` once the peer is known down.)
+    peer_groups: Vec<Option<(u64, Vec<bool>)>>,
     /// The facts and decision of the last coordination, for status.
     last_facts: Option<Facts>,
 }
@@ -354,6 +397,8 @@ impl NodeCore {
             groups,
             dirty: false,
             shutting_down: false,
+            quorate: false,
+            peer_groups: Vec::new(),
             last_facts: None,
         }
     }
@@ -412,6 +457,26 @@ impl NodeCore {
             maintenance: self.state.maintenance,
             settled: self.settled(),
         }
+    }
+
+    /// Whether [`NodeCore::view`] would equal `v` (without building it).
+    pub fn view_is(&self, v: &EngineView) -> bool {
+        let EngineView {
+            groups,
+            published,
+            requests,
+            maintenance,
+            settled,
+        } = v;
+        *maintenance == self.state.maintenance
+            && *settled == self.settled()
+            && *published == self.state.published
+            && *requests == self.state.requests
+            && groups
+                .iter()
+                .map(|(g, s)| (*g, *s))
+                .eq((0..self.groups.len())
+                    .filter_map(|g| self.run_state(g).map(|s| (u16_of(g), s))))
     }
 
     /// Queue an operator request (`clusterctl group ...`); it travels in
@@ -473,11 +538,11 @@ impl NodeCore {
     fn ctx(&self, g: GroupId, r: usize, reason: StartReason, timeout: Duration) -> ActionContext {
         let group = &self.config.groups[g];
         let published = self.state.published.as_ref();
-        let previous = published.and_then(|p| match &p.groups.get(g)?.reason {
-            Reason::FailedOver { from } | Reason::FailedBack { from } => Some(*from),
-            Reason::Moved { from } => *from,
-            _ => None,
-        });
+        let assignment = published.and_then(|p| p.groups.get(g));
+        let previous = assignment
+            .and_then(|a| a.previous)
+            .map(usize::from)
+            .filter(|n| *n != self.me);
         ActionContext {
             group: group.name.clone(),
             resource: group
@@ -488,7 +553,8 @@ impl NodeCore {
             node: self.topo.nodes[self.me].clone(),
             reason,
             previous_owner: previous.and_then(|n| self.topo.nodes.get(n).cloned()),
-            previous_owner_fenced: false,
+            previous_owner_fenced: previous.is_some()
+                && assignment.is_some_and(|a| a.previous_fenced),
             timeout,
         }
     }
@@ -540,7 +606,9 @@ impl NodeCore {
     /// view change and at least every 100 ms.
     pub fn step(&mut self, now_ms: u64, input: &ClusterInput) -> Vec<Effect> {
         let mut out = Vec::new();
+        self.quorate = input.quorate;
         self.adopt(&mut out, input);
+        self.remember_peers(input);
         // Coordinate only once every live node (this one included) knows
         // what runs on it: a node still probing could run anything.
         let all_settled = self.settled()
@@ -555,6 +623,71 @@ impl NodeCore {
         self.finish(out)
     }
 
+    fn remember_peers(&mut self, input: &ClusterInput) {
+        let n = self.topo.groups.len();
+        let epoch = self.state.published.as_ref().map_or(0, |p| p.epoch);
+        self.peer_groups.resize(self.topo.nodes.len(), None);
+        for (&p, v) in &input.alive {
+            let Some(slot) = self.peer_groups.get_mut(p) else {
+                continue;
+            };
+            let (seen, groups) = slot.get_or_insert_with(Default::default);
+            *seen = epoch;
+            groups.clear();
+            match v {
+                Some(v) => {
+                    groups.resize(n, false);
+                    for g in v.groups.keys() {
+                        if let Some(x) = groups.get_mut(usize::from(*g)) {
+                            *x = true;
+                        }
+                    }
+                    if let Some(pl) = &v.published {
+                        for (a, x) in pl.groups.iter().zip(groups.iter_mut()) {
+                            if a.wanted && a.node == Some(u16_of(p)) {
+                                *x = true;
+                            }
+                        }
+                    }
+                }
+                // Alive but no view yet: it may run anything.
+                None => groups.resize(n, true),
+            }
+        }
+        let published = self.state.published.as_ref();
+        for (p, slot) in self.peer_groups.iter_mut().enumerate() {
+            let Some((seen, groups)) = slot else {
+                continue;
+            };
+            let down_by_placement =
+                published.is_some_and(|pl| pl.epoch > *seen && pl.down.contains(&u16_of(p)));
+            if p == self.me
+                || !groups.contains(&true)
+                || input.down.contains(&p)
+                || down_by_placement
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Whether peer `p` is lost (neither alive nor known down) and may
+    /// still run `g`.
+    fn lost_and_may_run(&self, input: &ClusterInput, p: NodeId, g: GroupId) -> bool {
+        self.peer_groups.get(p).is_some_and(|slot| {
+            slot.as_ref().is_some_and(|(_, groups)| {
+                groups.get(g).copied().unwrap_or(false)
+                    && !input.alive.contains_key(&p)
+                    && !input.down.contains(&p)
+            })
+        })
+    }
+
+    /// A lost peer (neither alive nor known down) that may still run `g`.
+    fn lost_peer_may_run(&self, input: &ClusterInput, g: GroupId) -> Option<NodeId> {
+        (0..self.peer_groups.len()).find(|&p| self.lost_and_may_run(input, p, g))
+    }
+
     /// Whether this node coordinates: the lowest-ordered live node of its
     /// partition.
     pub fn is_coordinator(&self, input: &ClusterInput) -> bool {
@@ -562,7 +695,7 @@ impl NodeCore {
     }
 
     fn adopt(&mut self, out: &mut Vec<Effect>, input: &ClusterInput) {
-        let mine = self.state.published.as_ref().map_or(0, |p| p.epoch);
+        let mine = self.state.published.as_ref().map(Published::order);
         let newest = input
             .alive
             .iter()
@@ -576,9 +709,9 @@ impl NodeCore {
             .filter(|p| {
                 p.config_generation == self.generation && p.groups.len() == self.topo.groups.len()
             })
-            .max_by_key(|p| p.epoch);
+            .max_by_key(|p| p.order());
         if let Some(p) = newest
-            && p.epoch > mine
+            && Some(p.order()) > mine
         {
             self.state.published = Some(p.clone());
             self.dirty = true;
@@ -652,6 +785,12 @@ impl NodeCore {
                 None => runs.push((p, RunState::Unknown)),
             }
         }
+        // Lost, not known down, and it may run it: it may still.
+        for p in 0..self.peer_groups.len() {
+            if self.lost_and_may_run(input, p, g) {
+                runs.push((p, RunState::Unknown));
+            }
+        }
         runs.sort_unstable();
         runs
     }
@@ -676,12 +815,23 @@ impl NodeCore {
                     excluded: BTreeMap::new(),
                     failovers: Vec::new(),
                     cleared: 0,
+                    previous: None,
+                    previous_fenced: false,
                 })
                 .collect(),
             applied: BTreeMap::new(),
+            down: BTreeSet::new(),
+            live: BTreeSet::new(),
         });
         let mut next = base.clone();
         next.coordinator = u16_of(self.me);
+        next.down = input.down.iter().map(|&n| u16_of(n)).collect();
+        next.live = input
+            .alive
+            .keys()
+            .chain(std::iter::once(&self.me))
+            .map(|&n| u16_of(n))
+            .collect();
 
         // Operator and exclusion requests from every live node, oldest first.
         let mut moves: BTreeMap<GroupId, Option<NodeId>> = BTreeMap::new();
@@ -761,6 +911,17 @@ impl NodeCore {
                 })
                 .collect(),
         };
+        // Nothing changed since this node last placed (and published)
+        // from the very same facts: placement is pure, the answer would be
+        // the same.
+        if base.epoch > 0
+            && base.coordinator == next.coordinator
+            && moves.is_empty()
+            && next == base
+            && self.last_facts.as_ref() == Some(&facts)
+        {
+            return;
+        }
         let placement = placement::place(&self.topo, &facts);
         for refused in &placement.refused_moves {
             self.event(
@@ -786,25 +947,43 @@ impl NodeCore {
                     Some(g),
                 );
             }
+            if a.node != node
+                && let Some(old) = a.node
+            {
+                a.previous = Some(old);
+                a.previous_fenced = facts.nodes.get(usize::from(old)) == Some(&NodeState::Down);
+            }
             // A group that stays keeps the reason it came here for: "failed
-            // over from n0" says more than "stays where it runs".
-            let keep = a.node == node && reason == Reason::Stays && a.node.is_some();
+            // over from n0" says more than "stays where it runs", and
+            // "moved from n0" more than "stays where an operator moved it".
+            let keep = a.node == node
+                && a.node.is_some()
+                && (reason == Reason::Stays
+                    || (reason == Reason::StaysMoved && matches!(a.reason, Reason::Moved { .. })));
             a.node = node;
             if !keep {
                 a.reason = reason;
             }
         }
         self.last_facts = Some(facts);
-        let changed = Published {
-            epoch: 0,
-            coordinator: 0,
-            ..next.clone()
-        } != Published {
-            epoch: 0,
-            coordinator: 0,
-            ..base.clone()
-        } || base.epoch == 0
-            || base.coordinator != next.coordinator;
+        // Any change but the epoch (every field is named, so that a new
+        // one is not forgotten here).
+        let Published {
+            epoch: _,
+            coordinator,
+            config_generation,
+            groups,
+            applied,
+            down,
+            live,
+        } = &next;
+        let changed = *config_generation != base.config_generation
+            || *groups != base.groups
+            || *applied != base.applied
+            || *down != base.down
+            || *live != base.live
+            || base.epoch == 0
+            || base.coordinator != *coordinator;
         if changed {
             next.epoch = base.epoch + 1;
             self.event(
@@ -885,6 +1064,20 @@ impl NodeCore {
     fn stopped(&mut self, out: &mut Vec<Effect>, g: GroupId, why: StopWhy) {
         let gk = u16_of(g);
         match why {
+            StopWhy::Recover(r) if !self.quorate => {
+                // Quorum was lost during the restart's stop: do not start
+                // again; stop what still runs below the restarted resource.
+                self.event(out, "start_aborted", json!({"why": "quorum lost"}), Some(g));
+                if r > 0 {
+                    self.groups[g].phase = Phase::Stopping {
+                        next: r - 1,
+                        down_to: 0,
+                        why: StopWhy::QuorumLost,
+                    };
+                    self.run(out, g, r - 1, ResourceOp::Stop);
+                    return;
+                }
+            }
             StopWhy::Recover(r) => {
                 let reason = StartReason::Recover;
                 self.groups[g].last_reason = reason;
@@ -921,12 +1114,20 @@ impl NodeCore {
         if elsewhere {
             return false;
         }
-        // Not while this node asks to be excluded for it.
+        // A lost peer may still run it (it was stopping it, or was about
+        // to start it, when it was last heard): wait until it is known
+        // down (fenced, or its lease expired).
+        if self.lost_peer_may_run(input, g).is_some() {
+            return false;
+        }
+        // Not while this node asks to be excluded for it, or asks for it
+        // to be stopped (the recovery ladder's `stop_group`): the
+        // placement it has is older than that request.
         if self
             .state
             .requests
             .iter()
-            .any(|r| r.group == gk && r.op == Op::Exclude)
+            .any(|r| r.group == gk && matches!(r.op, Op::Exclude | Op::Stop))
         {
             return false;
         }
@@ -934,6 +1135,35 @@ impl NodeCore {
         let Some(p) = &self.state.published else {
             return false;
         };
+        // Every live peer has this very placement: a peer still on an
+        // older one may be starting the group right now (it was assigned
+        // there before), and its view would not show it yet. A peer's view
+        // is one snapshot of its placement and its groups, so once it shows
+        // this epoch and not the group, the peer neither runs it nor will
+        // start it under this placement.
+        let behind = input.alive.iter().any(|(peer, v)| {
+            input
+                .generations
+                .get(peer)
+                .is_none_or(|gen_| *gen_ == self.generation)
+                && v.as_ref()
+                    .is_none_or(|v| v.published.as_ref().map(Published::order) != Some(p.order()))
+        });
+        if behind {
+            return false;
+        }
+        // Every node the coordinator heard, this node hears too (a node
+        // this one cannot hear, say one it has not heard since it started,
+        // or across a partial partition, may be stopping the group right
+        // now, unseen here).
+        let unheard = p
+            .live
+            .iter()
+            .map(|&n| usize::from(n))
+            .any(|n| n != self.me && !input.alive.contains_key(&n) && !input.down.contains(&n));
+        if unheard {
+            return false;
+        }
         self.topo.groups[g].start_after.iter().all(|&d| {
             let Some(dn) = p.groups.get(d).and_then(|a| a.node).map(usize::from) else {
                 return false;
@@ -1164,7 +1394,24 @@ impl NodeCore {
                 self.continue_probe(&mut out, g);
             }
             (Phase::Starting { next, reason }, ResourceOp::Start, OpResult::Done(o)) => {
-                if o.is_ok() {
+                if o.is_ok() && !self.quorate {
+                    // Quorum was lost while this resource started: undo
+                    // the start instead of going on (the other side may
+                    // take the group over once this node's lease is out).
+                    self.event(
+                        &mut out,
+                        "resource_started",
+                        json!({"resource": resource}),
+                        Some(g),
+                    );
+                    self.event(
+                        &mut out,
+                        "start_aborted",
+                        json!({"why": "quorum lost"}),
+                        Some(g),
+                    );
+                    self.begin_stop(&mut out, g, StopWhy::QuorumLost);
+                } else if o.is_ok() {
                     self.event(
                         &mut out,
                         "resource_started",

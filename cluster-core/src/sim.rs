@@ -1,10 +1,11 @@
 //! The simulator: the real engine ([`NodeCore`], [`placement`], and
 //! [`quorum::decide`]) on every node of a cluster, in virtual time, with
 //! fake effects: membership follows a connectivity model (a peer is lost
-//! `heartbeat.timeout` after it was last reachable), views travel once per
-//! `heartbeat.interval`, resources are flags that take a configurable time
-//! to start and stop, fence devices power nodes off after a delay (or fail
-//! as often as the scenario says), and a node without quorum force-stops
+//! `heartbeat.timeout` after it was last reachable), views travel at once
+//! when they change (as the membership layer sends a changed view early),
+//! resources are flags that take a configurable time to start and stop,
+//! fence devices power nodes off after a delay (or fail as often as the
+//! scenario says), and a node without quorum force-stops
 //! everything after the start-up grace, as the daemons' guard does.
 //!
 //! A [`Scenario`] is a configuration, timed events, and expectations
@@ -45,6 +46,11 @@ pub struct Scenario {
     /// Node names (generates `[[nodes]]`); leave empty when `config` has them.
     #[serde(default)]
     pub nodes: Vec<String>,
+    /// Cluster kind for a generated header: `guest` (the default; exec and
+    /// other service resources) or `host` (`vm` resources, and `capacity`
+    /// on the nodes that have one).
+    #[serde(default)]
+    pub kind: SimKind,
     /// Per node capacity, for generated nodes: `{ n2 = { memory_mib = 4096, vcpus = 4 } }`.
     #[serde(default)]
     pub capacity: BTreeMap<String, CapacitySpec>,
@@ -79,6 +85,17 @@ pub struct Scenario {
     /// Event kinds that must never happen.
     #[serde(default)]
     pub expect_never: Vec<String>,
+}
+
+/// The `cluster.kind` of a generated header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimKind {
+    /// A guest cluster.
+    #[default]
+    Guest,
+    /// A host cluster: its nodes get a hypervisor URI.
+    Host,
 }
 
 /// Memory and vCPUs of a generated node.
@@ -192,6 +209,14 @@ pub enum SimEvent {
         /// Resource.
         resource: String,
     },
+    /// An operator repairs a resource on a node: injected start, stop and
+    /// monitor failures are gone (what runs keeps running).
+    Repair {
+        /// Node.
+        node: String,
+        /// Resource.
+        resource: String,
+    },
     /// Someone starts a group's resources on a node behind the cluster's back.
     StartBehindBack {
         /// Node.
@@ -246,7 +271,13 @@ pub struct Expect {
     #[serde(with = "humantime_serde_ms")]
     pub at: u64,
     /// Group to node (or `none`).
+    #[serde(default)]
     pub running: BTreeMap<String, String>,
+    /// Group to a piece of the reason, in words, that the newest published
+    /// placement gives for it (as `clusterctl status` shows it), e.g.
+    /// `{ web = "failed over from n0" }`.
+    #[serde(default)]
+    pub reason: BTreeMap<String, String>,
 }
 
 /// One recorded event.
@@ -312,8 +343,12 @@ impl Scenario {
         if self.nodes.is_empty() {
             return self.config.clone();
         }
+        let kind = match self.kind {
+            SimKind::Guest => "guest",
+            SimKind::Host => "host",
+        };
         let mut t = format!(
-            "[cluster]\nname = \"sim\"\nkind = \"guest\"\nauth_key_file = \"/dev/null\"\nstate_dir = \"/nonexistent\"\n\n\
+            "[cluster]\nname = \"sim\"\nkind = \"{kind}\"\nauth_key_file = \"/dev/null\"\nstate_dir = \"/nonexistent\"\n\n\
              [heartbeat]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nlinks = [{{ name = \"l0\" }}]\n\n",
             self.interval, self.timeout
         );
@@ -322,6 +357,9 @@ impl Scenario {
                 "[[nodes]]\nname = \"{n}\"\nlinks = {{ l0 = [\"10.0.0.{}/24\"] }}\n",
                 k + 1
             ));
+            if self.kind == SimKind::Host {
+                t.push_str("libvirt_uri = \"test:///default\"\n");
+            }
             if let Some(c) = self.capacity.get(n) {
                 t.push_str(&format!(
                     "capacity = {{ memory_mib = {}, vcpus = {} }}\n",
@@ -385,6 +423,17 @@ struct SimNode {
     last_reach: Vec<Option<u64>>,
     /// Per peer: its view as last received.
     views: Vec<Option<EngineView>>,
+    /// Per peer: the daemon life that view came from (a restarted peer's
+    /// first heartbeat carries its new view, never the old one).
+    view_life: Vec<u64>,
+    /// Per peer: the sequence number of the view last received.
+    view_seq: Vec<u64>,
+    /// This node's own view as last sent, and its sequence number (from
+    /// [`Sim::view_seq`], bumped whenever the view changes).
+    sent: (Option<EngineView>, u64),
+    /// The input of the engine's last step, reused while nothing in it
+    /// changed (dropped when a view arrives).
+    input: Option<ClusterInput>,
     /// Peers known down (fenced or lease expired) by this node's guard.
     down: BTreeSet<usize>,
     /// Peers being fenced by this node: (done at, attempt).
@@ -392,9 +441,15 @@ struct SimNode {
     quorate: bool,
     was_quorate: bool,
     unquorate_since: Option<u64>,
+    /// When this daemon last gained quorum (the guard's `quorate_since`).
+    quorate_since: Option<u64>,
     ping_ok: bool,
     fence_fails: u32,
     shutting_down: bool,
+    /// The daemon died (killed) while its watchdog was armed: the node
+    /// resets at this time unless a new daemon feeds the watchdog again
+    /// (gains quorum) first.
+    watchdog_reset_at: Option<u64>,
 }
 
 /// A running simulation.
@@ -403,11 +458,12 @@ pub struct Sim {
     config: Arc<conf::Config>,
     nodes: Vec<SimNode>,
     now: u64,
-    interval: u64,
     timeout: u64,
     action_ms: u64,
     fence_ms: u64,
     pending: Vec<(u64, Pending)>,
+    /// Sequence numbers of the nodes' views.
+    view_seq: u64,
     report: Report,
     witness_holder: Option<BTreeSet<usize>>,
 }
@@ -416,7 +472,6 @@ impl Sim {
     /// A cluster of `config`, every node powered on at time 0.
     pub fn new(config: conf::Config, action_ms: u64, fence_ms: u64) -> Self {
         let n = config.nodes.len();
-        let interval = millis(config.heartbeat.interval.get());
         let timeout = millis(config.heartbeat.timeout.get());
         let nodes = config
             .nodes
@@ -434,25 +489,31 @@ impl Sim {
                 resources: BTreeMap::new(),
                 last_reach: vec![None; n],
                 views: vec![None; n],
+                view_life: vec![0; n],
+                view_seq: vec![0; n],
+                sent: (None, 0),
+                input: None,
                 down: BTreeSet::new(),
                 fencing: BTreeMap::new(),
                 quorate: false,
                 was_quorate: false,
                 unquorate_since: None,
+                quorate_since: None,
                 ping_ok: true,
                 fence_fails: 0,
                 shutting_down: false,
+                watchdog_reset_at: None,
             })
             .collect();
         let mut sim = Self {
             config: Arc::new(config),
             nodes,
             now: 0,
-            interval,
             timeout,
             action_ms,
             fence_ms,
             pending: Vec::new(),
+            view_seq: 0,
             report: Report::default(),
             witness_holder: None,
         };
@@ -532,12 +593,16 @@ impl Sim {
         node.life += 1;
         node.started_at = self.now;
         node.views = vec![None; node.views.len()];
+        node.view_life = vec![0; node.view_life.len()];
+        node.view_seq = vec![0; node.view_seq.len()];
+        node.input = None;
         node.last_reach = vec![None; node.last_reach.len()];
         node.down.clear();
         node.fencing.clear();
         node.quorate = false;
         node.was_quorate = false;
         node.unquorate_since = None;
+        node.quorate_since = None;
         node.shutting_down = false;
         node.core = Some(NodeCore::new(self.config.clone(), k, 0, node.disk.clone()));
         self.record(k, "daemon_started", json!({}));
@@ -552,11 +617,20 @@ impl Sim {
         node.daemon = false;
         node.core = None;
         node.resources.clear();
+        node.watchdog_reset_at = None;
         self.record(k, "powered_off", json!({"why": why}));
     }
 
     fn kill_daemon(&mut self, k: usize) {
+        let lease = millis(self.config.watchdog.lease.get());
+        let armed = self.config.watchdog.kind != conf::WatchdogKind::None;
+        let now = self.now;
         let node = &mut self.nodes[k];
+        // The watchdog was last fed now (or when quorum was lost): it
+        // resets the node one lease later.
+        if armed && node.daemon && node.was_quorate && node.watchdog_reset_at.is_none() {
+            node.watchdog_reset_at = Some(node.unquorate_since.unwrap_or(now) + lease);
+        }
         node.daemon = false;
         node.core = None;
         self.record(k, "daemon_killed", json!({}));
@@ -625,6 +699,14 @@ impl Sim {
                 let k = self.node_index(node)?;
                 let key = self.resource_index(resource)?;
                 self.nodes[k].resources.entry(key).or_default().stop_fails = true;
+            }
+            SimEvent::Repair { node, resource } => {
+                let k = self.node_index(node)?;
+                let key = self.resource_index(resource)?;
+                let res = self.nodes[k].resources.entry(key).or_default();
+                res.start_fails = 0;
+                res.stop_fails = false;
+                res.failing = false;
             }
             SimEvent::StartBehindBack { node, group } => {
                 let k = self.node_index(node)?;
@@ -707,17 +789,42 @@ impl Sim {
             self.complete(p);
         }
 
-        // Reachability and views (heartbeat rounds every interval).
-        let round = now % self.interval.max(STEP_MS) < STEP_MS;
+        // Reachability and views. A changed view goes out at once, as the
+        // membership layer sends it early (EARLY_SEND_GAP is one step), so
+        // a peer always has the view as of the previous step.
+        for b in 0..n {
+            let node = &self.nodes[b];
+            let same = match (node.core.as_ref(), node.sent.0.as_ref()) {
+                (Some(core), Some(sent)) => core.view_is(sent),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same || node.sent.1 == 0 {
+                self.view_seq += 1;
+                let v = node.core.as_ref().map(NodeCore::view);
+                self.nodes[b].sent = (v, self.view_seq);
+            }
+        }
         for a in 0..n {
             for b in 0..n {
                 if a != b && self.reach(a, b) {
                     self.nodes[a].last_reach[b] = Some(now);
-                    if round || self.nodes[a].views[b].is_none() {
-                        let v = self.nodes[b].core.as_ref().map(NodeCore::view);
-                        self.nodes[a].views[b] = v;
+                    let life = self.nodes[b].life;
+                    let seq = self.nodes[b].sent.1;
+                    if self.nodes[a].view_seq[b] != seq || self.nodes[a].view_life[b] != life {
+                        self.nodes[a].views[b] = self.nodes[b].sent.0.clone();
+                        self.nodes[a].view_seq[b] = seq;
+                        self.nodes[a].view_life[b] = life;
+                        self.nodes[a].input = None;
                     }
                 }
+            }
+        }
+
+        // Watchdogs of dead daemons.
+        for k in 0..n {
+            if self.nodes[k].watchdog_reset_at.is_some_and(|t| t <= now) {
+                self.power_off(k, "watchdog lease expired (daemon gone)");
             }
         }
 
@@ -730,10 +837,18 @@ impl Sim {
             if !self.nodes[k].daemon {
                 continue;
             }
-            let input = self.input(k);
-            let effects = match self.nodes[k].core.as_mut() {
-                Some(core) => core.step(now, &input),
-                None => continue,
+            let alive = self.alive(k);
+            let node = &self.nodes[k];
+            let reuse = node.input.as_ref().is_some_and(|i| {
+                i.quorate == node.quorate && i.down == node.down && i.alive.keys().eq(alive.iter())
+            });
+            if !reuse {
+                self.nodes[k].input = Some(self.input(k));
+            }
+            let node = &mut self.nodes[k];
+            let effects = match (node.core.as_mut(), node.input.as_ref()) {
+                (Some(core), Some(input)) => core.step(now, input),
+                _ => continue,
             };
             self.execute(k, effects);
             if self.nodes[k].shutting_down
@@ -828,9 +943,12 @@ impl Sim {
             if d.quorate {
                 self.nodes[k].was_quorate = true;
                 self.nodes[k].unquorate_since = None;
+                self.nodes[k].quorate_since = Some(now);
+                self.nodes[k].watchdog_reset_at = None;
                 self.record(k, "quorum_gained", json!({"reason": d.reason}));
             } else {
                 self.nodes[k].unquorate_since = Some(now);
+                self.nodes[k].quorate_since = None;
                 self.record(k, "quorum_lost", json!({"reason": d.reason}));
                 self.force_stop_all(k);
             }
@@ -922,7 +1040,12 @@ impl Sim {
                     let lease = millis(
                         self.config.watchdog.lease.get() + self.config.watchdog.margin.get(),
                     );
-                    if now.saturating_sub(last) >= self.timeout + lease {
+                    // As the guard does: the peer stopped feeding its
+                    // watchdog at the latest when it lost us, or when its
+                    // quorum ended, which was before ours began.
+                    let from =
+                        (last + self.timeout).max(self.nodes[k].quorate_since.unwrap_or(now));
+                    if now >= from + lease {
                         self.nodes[k].down.insert(p);
                         self.record(k, "takeover_allowed", json!({"peer": name, "by": "lease"}));
                     }
@@ -1104,6 +1227,19 @@ impl Sim {
         }
     }
 
+    /// The reason, in words, that the newest placement any running daemon
+    /// has gives for group `g`.
+    pub fn reason_of(&self, g: GroupId) -> Option<String> {
+        let core = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .max_by_key(|c| c.published().map_or(0, |p| p.epoch))?;
+        let decisions = core.decisions();
+        let (_, why) = decisions.into_iter().nth(g).flatten()?;
+        Some(why)
+    }
+
     /// Nodes where every resource of the group runs.
     pub fn running_on(&self, g: GroupId) -> Vec<String> {
         let count = self.config.groups[g].resources.len();
@@ -1118,18 +1254,16 @@ impl Sim {
     }
 
     fn check_invariants(&mut self) {
-        for g in 0..self.config.groups.len() {
-            let active: Vec<&str> = self
-                .nodes
-                .iter()
-                .filter(|n| n.powered)
-                .filter(|n| {
-                    n.resources
-                        .iter()
-                        .any(|((gg, _), r)| *gg == g && r.running && r.by_cluster)
-                })
-                .map(|n| n.name.as_str())
-                .collect();
+        // Per group, the nodes where it is active (one pass).
+        let mut by_group: Vec<Vec<&str>> = vec![Vec::new(); self.config.groups.len()];
+        for n in self.nodes.iter().filter(|n| n.powered) {
+            for ((g, _), r) in &n.resources {
+                if r.running && r.by_cluster && by_group[*g].last() != Some(&n.name.as_str()) {
+                    by_group[*g].push(n.name.as_str());
+                }
+            }
+        }
+        for (g, active) in by_group.iter().enumerate() {
             if active.len() > 1 {
                 let msg = format!(
                     "invariant: group {} active on {} at {} ms",
@@ -1181,6 +1315,9 @@ pub fn run(scenario: &Scenario) -> Result<Report, ScenarioError> {
                 sim.node_index(n)?;
             }
         }
+        for g in e.reason.keys() {
+            sim.group_index(g)?;
+        }
     }
     while sim.now < scenario.duration {
         while ei < events.len() && events[ei].at <= sim.now {
@@ -1202,6 +1339,17 @@ pub fn run(scenario: &Scenario) -> Result<Report, ScenarioError> {
                         "at {} ms: group {g} expected on {want}, runs on [{}]",
                         e.at,
                         got.join(", ")
+                    ));
+                }
+            }
+            for (g, want) in &e.reason {
+                let gi = sim.group_index(g)?;
+                let got = sim.reason_of(gi);
+                if !got.as_deref().is_some_and(|r| r.contains(want.as_str())) {
+                    sim.report.failures.push(format!(
+                        "at {} ms: group {g} expected reason containing `{want}`, got {}",
+                        e.at,
+                        got.map_or_else(|| "no placement".to_owned(), |r| format!("`{r}`"))
                     ));
                 }
             }

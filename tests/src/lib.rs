@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod cluster;
+pub mod fence;
 pub mod netns;
 
 /// Where cargo put the workspace's binaries: `target/<profile>`, next to
