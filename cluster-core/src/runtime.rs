@@ -280,12 +280,22 @@ async fn run(
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stopping = false;
+    // The engine's input is rebuilt only when membership or the guard
+    // changed: a tick reuses it (it clones every peer's view).
+    let mut input = ClusterInput::default();
+    let mut input_stale = true;
     loop {
         let mut effects = Vec::new();
         tokio::select! {
             _ = ticker.tick() => {}
-            r = membership.changed() => if r.is_err() { return },
-            r = guard.changed() => if r.is_err() { return },
+            r = membership.changed() => {
+                if r.is_err() { return }
+                input_stale = true;
+            }
+            r = guard.changed() => {
+                if r.is_err() { return }
+                input_stale = true;
+            }
             Some(done) = done_rx.recv() => {
                 effects = match done {
                     Done::Resource { group, resource, op, result } => core.on_resource(now_ms(), group, resource, op, result),
@@ -309,13 +319,16 @@ async fn run(
                 }
             },
         }
-        let input = cluster_input(
-            &names,
-            me,
-            generation,
-            &membership.borrow(),
-            &guard.borrow(),
-        );
+        if input_stale {
+            input = cluster_input(
+                &names,
+                me,
+                generation,
+                &membership.borrow_and_update(),
+                &guard.borrow_and_update(),
+            );
+            input_stale = false;
+        }
         let epoch = core.published().map(|p| p.epoch);
         // Effects of a completion first (they were decided first).
         effects.extend(core.step(now_ms(), &input));
