@@ -28,6 +28,9 @@ fn main() -> anyhow::Result<()> {
         ("default", "200ms", "800ms"),
         ("aggressive", "50ms", "200ms"),
     ] {
+        if !part("detection") {
+            break;
+        }
         let mut ms = detection(interval, timeout, trials)?;
         ms.sort_unstable();
         println!(
@@ -44,6 +47,9 @@ fn main() -> anyhow::Result<()> {
         ("default", "200ms", "800ms"),
         ("aggressive", "50ms", "200ms"),
     ] {
+        if !part("load") {
+            break;
+        }
         let lost = false_losses(interval, timeout, Duration::from_secs(load_secs))?;
         println!("false losses {name:<10} with both cores saturated for {load_secs} s: {lost}");
     }
