@@ -15,6 +15,22 @@ use crate::status::{EngineStatus, GroupStatus, ResourceState, RunningOn};
 /// placement that applied it.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A group request (`group start|stop|move`, `clear`) to `engine`'s
+/// daemon: see [`group_command`]. Any other request is refused.
+///
+/// # Errors
+/// As [`group_command`]; a request that is not a group request.
+pub async fn group_request(
+    config: &conf::Config,
+    engine: &crate::engine::Engine,
+    request: &api::Request,
+) -> Result<Response, ApiError> {
+    let Some((group, command)) = request.group_command() else {
+        return Err(ApiError::bad_request("not a group request"));
+    };
+    group_command(config, engine.runtime(), engine.me(), group, command).await
+}
+
 /// Check `command` against the configuration, hand it to the runtime and
 /// wait until a published placement applied it.
 ///

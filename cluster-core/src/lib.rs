@@ -1,10 +1,11 @@
 //! The engine both cluster daemons share.
 //!
-//! Today: the status model every daemon reports ([`status`]), the control
-//! API that carries it ([`api`]: one request type, served over HTTP on a
-//! Unix socket), and the plumbing every daemon `main` uses ([`daemon`]).
-//! Membership, quorum, fencing and placement land here next (see
-//! `docs/architecture.md`).
+//! Membership ([`membership`]), quorum ([`quorum`], [`guard`]), fencing
+//! ([`fence`], [`watchdog`]), the pure placement function ([`placement`]),
+//! the engine without I/O ([`node`]) and its driver in a daemon
+//! ([`runtime`], [`engine`]), the simulator ([`sim`]), and the control API
+//! with the status it reports ([`api`], [`control`], [`status`]). See
+//! `docs/architecture.md`.
 
 pub mod api;
 pub mod control;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cluster_core::api::{self, ApiError, GroupCommand, Handler, Request, Response};
+use cluster_core::api::{self, ApiError, Handler, Request, Response};
 use cluster_core::engine::Engine;
 use cluster_core::status::NodeStatus;
 
@@ -60,23 +60,6 @@ impl GuestService {
             hypervisor: None,
         }
     }
-
-    /// An operator's command for `group`, handed to the engine and
-    /// confirmed by a published placement.
-    async fn group_command(
-        &self,
-        group: &str,
-        command: GroupCommand,
-    ) -> Result<Response, ApiError> {
-        cluster_core::control::group_command(
-            &self.config,
-            self.engine.runtime(),
-            self.engine.me(),
-            group,
-            command,
-        )
-        .await
-    }
 }
 
 impl Handler for GuestService {
@@ -86,13 +69,7 @@ impl Handler for GuestService {
             Request::Events { since_ms, limit } => {
                 api::events_response(self.engine.events().path().to_owned(), since_ms, limit).await
             }
-            Request::GroupStart { group } => self.group_command(&group, GroupCommand::Start).await,
-            Request::GroupStop { group } => self.group_command(&group, GroupCommand::Stop).await,
-            Request::GroupMove { group, node } => {
-                self.group_command(&group, GroupCommand::Move { node })
-                    .await
-            }
-            Request::Clear { group } => self.group_command(&group, GroupCommand::Clear).await,
+            group => cluster_core::control::group_request(&self.config, &self.engine, &group).await,
         }
     }
 }
