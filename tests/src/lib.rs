@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 pub mod cluster;
 pub mod fence;
 pub mod netns;
+pub mod watch;
 
 /// Where cargo put the workspace's binaries: `target/<profile>`, next to
 /// a benchmark binary or one level above a test executable (`deps/`).

@@ -7,13 +7,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testbed::cluster::{Cluster, Spec};
 use testbed::run;
+use testbed::watch::Watcher;
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
@@ -158,44 +157,6 @@ fn running(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// Samples every node's application every 10 ms until dropped; remembers
-/// any moment at which two ran.
-struct Watcher {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<BTreeSet<String>>>>,
-}
-
-impl Watcher {
-    fn new(dir: &Path) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, dir) = (stop.clone(), dir.to_owned());
-        let thread = std::thread::spawn(move || {
-            let mut doubles = Vec::new();
-            while !s.load(Ordering::Relaxed) {
-                let r = running(&dir);
-                if r.len() > 1 {
-                    doubles.push(r);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            doubles
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Every sample where more than one node ran the application.
-    fn finish(mut self) -> Vec<BTreeSet<String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
 fn wait_running_on(dir: &Path, node: &str, timeout: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
@@ -244,7 +205,10 @@ fn kill_9_of_the_active_node_fences_it_and_the_standby_takes_over() {
     let _reap = Reap(dir.clone());
     wait_running_on(&dir, "n0", Duration::from_secs(10));
     wait_all_agree(&c, "n0");
-    let watcher = Watcher::new(&dir);
+    let watcher = {
+        let d = dir.clone();
+        Watcher::new(move || running(&d))
+    };
 
     // Power loss of n0: the daemon dies; the fence agent kills the rest
     // of its namespace (the application) before n1 may start it.
@@ -305,7 +269,10 @@ fn a_failing_application_walks_the_ladder_restart_then_failover_then_stop() {
     let dir = c.dir().to_owned();
     let _reap = Reap(dir.clone());
     wait_running_on(&dir, "n0", Duration::from_secs(10));
-    let watcher = Watcher::new(&dir);
+    let watcher = {
+        let d = dir.clone();
+        Watcher::new(move || running(&d))
+    };
     let crash = |node: &str| {
         let pid = app_pid(&dir, node).unwrap_or_else(|| panic!("app not running on {node}"));
         let _ = nix::sys::signal::kill(
@@ -392,7 +359,10 @@ fn a_manual_move_stops_before_it_starts_and_leaves_no_constraint() {
     let dir = c.dir().to_owned();
     let _reap = Reap(dir.clone());
     wait_running_on(&dir, "n0", Duration::from_secs(10));
-    let watcher = Watcher::new(&dir);
+    let watcher = {
+        let d = dir.clone();
+        Watcher::new(move || running(&d))
+    };
     std::fs::write(dir.join("slow-stop"), "").unwrap_or_else(|e| panic!("{e}"));
     let t0 = Instant::now();
     let out = ctl(&c, 2, &["group", "move", "app", "n1"]);
@@ -421,7 +391,10 @@ fn kill_9_in_the_middle_of_a_start_then_restart_resumes_without_a_twin() {
     let dir = c.dir().to_owned();
     let _reap = Reap(dir.clone());
     wait_running_on(&dir, "n0", Duration::from_secs(10));
-    let watcher = Watcher::new(&dir);
+    let watcher = {
+        let d = dir.clone();
+        Watcher::new(move || running(&d))
+    };
     // The move's start on n1 takes a second; n1's daemon dies inside it.
     std::fs::write(dir.join("slow-start"), "").unwrap_or_else(|e| panic!("{e}"));
     let out = ctl(&c, 0, &["group", "move", "app", "n1"]);

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use testbed::cluster::{Cluster, Spec};
+use testbed::watch::Watcher;
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
@@ -295,53 +296,6 @@ fn wait_all_agree(c: &Cluster, node: &str) {
             })
         },
     ));
-}
-
-/// Samples the web server of every node every 10 ms until finished;
-/// remembers any moment at which two ran.
-struct Watcher {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<BTreeSet<String>>>>,
-}
-
-impl Watcher {
-    fn new(dir: &Path) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, dir) = (stop.clone(), dir.to_owned());
-        let thread = std::thread::spawn(move || {
-            let mut doubles = Vec::new();
-            while !s.load(Ordering::Relaxed) {
-                let r = running(&dir);
-                if r.len() > 1 {
-                    doubles.push(r);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            doubles
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Every sample where more than one node ran the web server.
-    fn finish(mut self) -> Vec<BTreeSet<String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// One request of a client: when it ended, and the node that answered
@@ -657,7 +611,10 @@ fn kill_9_of_the_active_guest_moves_both_floating_addresses_and_the_web_server()
     let v6 = Client::start(&client_ns, VIP6);
     serving_on_n0(&c, &[&v4, &v6]);
     prime_observer(&c, &[VIP4, VIP6]);
-    let watcher = Watcher::new(&dir);
+    let watcher = {
+        let d = dir.clone();
+        Watcher::new(move || running(&d))
+    };
 
     // Power loss of n0: its daemon dies, the web server and the addresses
     // stay until the survivors fence it.
@@ -721,7 +678,10 @@ fn nic_failover(what: &str, fault: impl FnOnce(&Cluster)) -> Cluster {
     let v6 = Client::start(&client_ns, VIP6);
     serving_on_n0(&c, &[&v4, &v6]);
     prime_observer(&c, &[VIP4, VIP6]);
-    let watcher = Watcher::new(&dir);
+    let watcher = {
+        let d = dir.clone();
+        Watcher::new(move || running(&d))
+    };
 
     let at = Instant::now();
     fault(&c);
@@ -810,7 +770,10 @@ fn kill_9_of_the_active_guest_moves_an_ipaddr2_address_like_the_built_in_one() {
     let v4 = Client::start(&c.net.ns(CLIENT), VIP4);
     serving_on_n0(&c, &[&v4]);
     prime_observer(&c, &[VIP4]);
-    let watcher = Watcher::new(&dir);
+    let watcher = {
+        let d = dir.clone();
+        Watcher::new(move || running(&d))
+    };
 
     let fault = Instant::now();
     c.kill(0);
