@@ -286,6 +286,18 @@ fn guest_failover(
         .find(|(n, _)| n == "g2")
         .map(|(_, s)| s.clone())
         .context("g2's socket")?;
+    // The process is up before the start script returns: wait (5 s at
+    // most) until g2 reports the group running, so the timeline is whole.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !crate::status_cmd::fetch(&socket).is_ok_and(|s| {
+            s.groups
+                .iter()
+                .any(|g| g.name == "app" && g.owner.as_deref() == Some("g2"))
+        })
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let client = crate::target::Client::new(&crate::target::Target::socket(socket.clone()))?;
     let events = match client.call(&cluster_core::api::Request::Events {
         since_ms: Some(killed_at),
