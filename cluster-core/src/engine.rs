@@ -68,6 +68,7 @@ pub struct Engine {
     node: String,
     events: Arc<EventLog>,
     membership: watch::Receiver<Snapshot>,
+    heard: Arc<membership::LastHeard>,
     guard: watch::Receiver<GuardState>,
     disarm: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     incarnation: u64,
@@ -144,6 +145,7 @@ impl Engine {
             json!({"incarnation": incarnation, "nodes": names, "links": links, "timeout_ms": timeout_ms}),
         );
         let membership::Membership {
+            heard,
             snapshot,
             mut changes,
             view,
@@ -197,6 +199,7 @@ impl Engine {
             node: node.to_owned(),
             events,
             membership: snapshot,
+            heard,
             guard,
             disarm: std::sync::Mutex::new(Some(disarm)),
             incarnation,
@@ -302,7 +305,8 @@ impl Engine {
         let snap = self.membership.borrow().clone();
         snap.peers
             .into_iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 let state = if p.name == self.node {
                     MemberState::Local
                 } else {
@@ -324,7 +328,7 @@ impl Engine {
                             .map(|(name, up)| LinkStatus { name, up })
                             .collect()
                     },
-                    last_heard_ms: p.last_heard_ms,
+                    last_heard_ms: self.heard.elapsed_ms(i),
                     dropped: if local {
                         None
                     } else {

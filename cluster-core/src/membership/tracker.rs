@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::wire::{DecodeError, Heartbeat, View};
+use super::wire::{DecodeError, Header, Heartbeat, View};
 
 /// Liveness of a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -215,6 +215,47 @@ impl Tracker {
         arrived_on: usize,
         hb: Heartbeat,
     ) -> Result<Vec<Change>, Drop> {
+        let Heartbeat {
+            link,
+            sender,
+            incarnation,
+            seq,
+            view,
+        } = hb;
+        let header = Header {
+            link,
+            sender,
+            incarnation,
+            seq,
+        };
+        self.accept(now, arrived_on, header, Some(view))
+    }
+
+    /// A heartbeat arrived on link `arrived_on` whose view is, byte for
+    /// byte, the one its sender sent before (see [`Tracker::has_view`]):
+    /// only the header is new.
+    pub fn on_heartbeat_same_view(
+        &mut self,
+        now: Instant,
+        arrived_on: usize,
+        header: Header,
+    ) -> Result<Vec<Change>, Drop> {
+        self.accept(now, arrived_on, header, None)
+    }
+
+    /// Whether a view of peer `p` is held (so an unchanged one need not be
+    /// parsed again).
+    pub fn has_view(&self, p: usize) -> bool {
+        self.peers.get(p).is_some_and(|peer| peer.view.is_some())
+    }
+
+    fn accept(
+        &mut self,
+        now: Instant,
+        arrived_on: usize,
+        hb: Header,
+        view: Option<View>,
+    ) -> Result<Vec<Change>, Drop> {
         let p = usize::from(hb.sender);
         if p == self.me || p >= self.peers.len() {
             self.anonymous_drops.malformed += 1;
@@ -264,9 +305,11 @@ impl Tracker {
             }
         }
         peer.last_heard = Some(now);
-        if peer.view.as_ref() != Some(&hb.view) {
+        if let Some(view) = view
+            && peer.view.as_ref() != Some(&view)
+        {
             self.views_changed = true;
-            peer.view = Some(hb.view);
+            peer.view = Some(view);
         }
         if peer.liveness != Liveness::Alive {
             peer.liveness = Liveness::Alive;

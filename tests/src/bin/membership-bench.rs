@@ -3,7 +3,7 @@
 //! losses while both cores are saturated, and RSS and CPU per daemon for
 //! 3, 16 and 32 nodes. Prints numbers; asserts nothing.
 //!
-//! `cargo run --release -p testbed --bin membership-bench [-- --quick]`
+//! `cargo run --release -p testbed --bin membership-bench [-- --quick] [--only PART] [--nodes N]`
 
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,14 @@ fn main() -> anyhow::Result<()> {
         let lost = false_losses(interval, timeout, Duration::from_secs(load_secs))?;
         println!("false losses {name:<10} with both cores saturated for {load_secs} s: {lost}");
     }
-    for nodes in [3, 16, 32] {
+    // `--nodes N` measures the footprint of one cluster size only.
+    let sizes: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--nodes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .map_or_else(|| vec![3, 16, 32], |n| vec![n]);
+    for nodes in sizes {
         if !part("footprint") {
             break;
         }
