@@ -351,9 +351,12 @@ fn fencer(config: &conf::Config) -> Result<Fencer, EngineError> {
     for dev in &config.fencing {
         match &dev.kind {
             conf::FenceKind::Agent(_) => devices.push(Box::new(AgentDevice::from_config(dev)?)),
-            conf::FenceKind::Redfish(_) | conf::FenceKind::Host(_) => {
-                // Their drivers land with the host daemon and the linkage;
-                // until then these targets rely on their lease, or block.
+            conf::FenceKind::Redfish(_) => {
+                devices.push(Box::new(crate::fence::RedfishDevice::from_config(dev)?));
+            }
+            conf::FenceKind::Host(_) => {
+                // Its driver lands with the linkage; until then these
+                // targets rely on their lease, or block.
                 tracing::warn!(device = %dev.name, "this fence device kind is not driven yet");
             }
         }

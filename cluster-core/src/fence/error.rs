@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
     /// The configured device is not of the kind this type drives.
-    #[error("fence device `{device}` is of kind `{kind}`, not `agent`")]
+    #[error("fence device `{device}` is of kind `{kind}`, which this device type does not drive")]
     WrongKind {
         /// Device name.
         device: String,
@@ -107,6 +107,109 @@ pub enum FenceError {
         /// The end of what the agent wrote (secrets removed).
         output: Box<AgentOutput>,
     },
+    /// The Redfish password file cannot be used: missing, unreadable,
+    /// readable by group or others, or empty.
+    #[error("fence device `{device}`: password file {}: {reason}", .path.display())]
+    PasswordFile {
+        /// Device name.
+        device: String,
+        /// The configured `password_file`.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A Redfish request got no answer: connection refused, TLS refused,
+    /// the connection dropped...
+    #[error("fence device `{device}`: {method} {url}: {reason}")]
+    RedfishRequest {
+        /// Device name.
+        device: String,
+        /// `GET` or `POST`.
+        method: &'static str,
+        /// The URL asked.
+        url: String,
+        /// The client's error, with its causes.
+        reason: String,
+    },
+    /// The BMC answered a Redfish request with an error status.
+    #[error("fence device `{device}`: {method} {url} answered HTTP {status}{}", message_suffix(.message))]
+    RedfishStatus {
+        /// Device name.
+        device: String,
+        /// `GET` or `POST`.
+        method: &'static str,
+        /// The URL asked.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The BMC's error message (Redfish `error.message` and its
+        /// extended information, or the start of the body), if any.
+        message: String,
+    },
+    /// A Redfish answer cannot be used: not JSON, a field missing, or the
+    /// BMC does not offer `ForceOff`.
+    #[error("fence device `{device}`: {url}: {reason}")]
+    RedfishResponse {
+        /// Device name.
+        device: String,
+        /// The URL that gave the answer.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The system to power off cannot be chosen: the configured
+    /// `system_id` is not a member of the BMC's `Systems`, or none is
+    /// configured and the BMC has several (or none).
+    #[error("fence device `{device}`: {url}: {reason}; members: [{}]", .members.join(", "))]
+    RedfishSystem {
+        /// Device name.
+        device: String,
+        /// The `Systems` collection's URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+        /// The member ids the BMC listed.
+        members: Vec<String>,
+    },
+    /// The BMC did not confirm the target off (`PowerState` `Off`) within
+    /// the device's timeout; the attempt was abandoned.
+    #[error(
+        "fence device `{device}`: `{target}` not confirmed off within {timeout:?} (while {}; last PowerState: {}{})",
+        .progress.stage,
+        .progress.power_state.as_deref().unwrap_or("not read"),
+        .progress.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+    )]
+    RedfishTimeout {
+        /// Device name.
+        device: String,
+        /// The node being fenced.
+        target: String,
+        /// The device's timeout.
+        timeout: Duration,
+        /// How far the attempt got.
+        progress: Box<RedfishProgress>,
+    },
+}
+
+/// How far a Redfish attempt got before its time ran out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedfishProgress {
+    /// The step in flight: `GET <url>`, `POST <url>`, `waiting for
+    /// PowerState Off at <url>`...
+    pub stage: String,
+    /// The last `PowerState` the BMC reported, if any was read.
+    pub power_state: Option<String>,
+    /// The last error while polling `PowerState`, if any.
+    pub last_error: Option<String>,
+}
+
+/// `: <message>`, or nothing for an empty message.
+fn message_suffix(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
 }
 
 /// Why [`Fencer::fence`](super::Fencer::fence) returned without a confirmed

@@ -5,22 +5,26 @@
 //! lease has certainly expired, which is not decided here). A [`Device`] is
 //! one way of powering a node off and answers `Ok` only on confirmation;
 //! [`AgentDevice`] drives an agent of Debian's `fence-agents` package through
-//! its stdin protocol. The [`Fencer`] tries every device able to fence a
-//! target, in configuration order, and retries with exponential backoff
-//! until one succeeds or the caller cancels: a failed fence is reported
-//! (every attempt becomes a [`FenceAttempt`]) and retried, never skipped.
+//! its stdin protocol; [`RedfishDevice`] sends `ForceOff` to a BMC's Redfish
+//! service itself and waits until the BMC reports the system `Off`. The
+//! [`Fencer`] tries every device able to fence a target, in configuration
+//! order, and retries with exponential backoff until one succeeds or the
+//! caller cancels: a failed fence is reported (every attempt becomes a
+//! [`FenceAttempt`]) and retried, never skipped.
 
 mod agent;
 mod error;
 mod fencer;
+mod redfish;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 pub use agent::{AGENT_DIRS, AgentDevice, OUTPUT_TAIL_BYTES};
-pub use error::{AgentOutput, FenceError, FencerError};
+pub use error::{AgentOutput, FenceError, FencerError, RedfishProgress};
 pub use fencer::{Backoff, FenceAttempt, Fencer};
+pub use redfish::{MAX_BODY_BYTES, POLL_INTERVAL, RedfishDevice};
 
 /// The future of one fencing attempt: `Ok` only once the device confirmed
 /// the target off.
