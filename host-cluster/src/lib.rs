@@ -3,6 +3,9 @@
 //! API; VM failover, host NIC watching and the maintenance coordinator are
 //! built on the shared engine as it lands.
 
+pub mod drivers;
 pub mod hypervisor;
+pub mod libvirt_events;
 pub mod local;
 pub mod service;
+pub mod vm;
