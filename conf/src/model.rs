@@ -582,7 +582,8 @@ pub struct FloatingIpResource {
     pub address: IpNet,
     /// Interface the address is added to.
     pub interface: String,
-    /// Gratuitous ARP / unsolicited NA announcements sent after adding it.
+    /// Gratuitous ARP / unsolicited NA announcements sent after adding it
+    /// (`0`: none).
     #[serde(default = "defaults::announcements")]
     pub announcements: u32,
 }
@@ -705,7 +706,8 @@ pub(crate) struct MonitorCommon {
 pub enum MonitorKind {
     /// Ping targets; fails when none answers.
     Ip(IpMonitor),
-    /// Link state of a NIC (netlink).
+    /// Link state of a NIC (netlink), a bounce between two checks included,
+    /// and the group's floating addresses on it.
     Nic(NicMonitor),
     /// A process by pid file or name.
     Process(ProcessMonitor),

@@ -2,6 +2,10 @@
 //! Each problem is a key path and a message; the loader gives it a line.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Component, Path};
+
+use ipnet::IpNet;
 
 use crate::model::*;
 
@@ -357,6 +361,12 @@ fn monitor(
     if mon.interval.is_zero() {
         push(p, format!("{key}.interval"), "must be greater than zero");
     }
+    if mon.timeout.is_zero() {
+        push(p, format!("{key}.timeout"), "must be greater than zero");
+    }
+    for (field, msg) in monitor_params(&mon.kind) {
+        push(p, format!("{key}.{field}"), msg);
+    }
     let target = match &mon.resource {
         Some(r) => match group.resources.iter().find(|x| &x.name == r) {
             Some(res) => Some(res),
@@ -494,46 +504,515 @@ fn resources(c: &Config, p: &mut Problems) {
                     let which = if e.start.is_empty() { "start" } else { "stop" };
                     push(p, format!("{key}.{which}"), "the command must not be empty");
                 }
-                ResourceKind::Ocf(o) if !o.agent.contains(':') => {
-                    push(
-                        p,
-                        format!("{key}.agent"),
-                        "expected `provider:type`, e.g. `heartbeat:IPaddr2`",
-                    );
-                }
                 ResourceKind::Vm(vm) => vm_fits(c, group, g, r, vm, p),
                 _ => {}
             }
+            for (field, msg) in resource_params(&res.kind) {
+                push(p, format!("{key}.{field}"), msg);
+            }
             // Checked per node, with that node's overrides applied.
             for node in group.nodes.iter().filter_map(|n| c.node(n)) {
-                let Some(ResourceKind::FloatingIp(fip)) =
-                    c.resource_on(&node.name, &res.name).map(|x| &x.kind)
-                else {
+                let Some(effective) = c.resource_on(&node.name, &res.name) else {
                     continue;
                 };
-                if !node.subnets().any(|net| net.contains(&fip.address.addr())) {
-                    let key = match node.overrides.get(&res.name).and_then(|o| o.get("address")) {
-                        Some(_) => format!(
-                            "nodes[{}].overrides.{}.address",
+                let overrides = node.overrides.get(&res.name);
+                // Where a problem of `field` is reported: at the override
+                // when this node's override sets it.
+                let at = |field: &str| {
+                    let top = field.split(['.', '[']).next().unwrap_or(field);
+                    overrides.and_then(|o| o.get(top)).map(|_| {
+                        format!(
+                            "nodes[{}].overrides.{}.{field}",
                             node_index(c, &node.name),
                             res.name
-                        ),
-                        None => format!("{key}.address"),
-                    };
-                    push(
-                        p,
-                        key,
+                        )
+                    })
+                };
+                if overrides.is_some() {
+                    // What the base entry holds is reported there, once.
+                    for (field, msg) in resource_params(&effective.kind) {
+                        if let Some(key) = at(&field) {
+                            push(p, key, format!("{msg} (on node `{}`)", node.name));
+                        }
+                    }
+                }
+                let ResourceKind::FloatingIp(fip) = &effective.kind else {
+                    continue;
+                };
+                let key = at("address").unwrap_or_else(|| format!("{key}.address"));
+                if floating_address_problem(&fip.address).is_some() {
+                    // Reported above: no route to judge.
+                    continue;
+                }
+                if let Some(msg) = floating_ip_fits(node, fip) {
+                    push(p, key, msg);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the floating address fits a subnet of `node`: the address is
+/// inside one, and its prefix is no wider than that subnet (a wider one
+/// would add a route covering addresses outside the node's network).
+fn floating_ip_fits(node: &Node, fip: &FloatingIpResource) -> Option<String> {
+    let addr = fip.address.addr();
+    if !node.subnets().any(|net| net.contains(&addr)) {
+        return Some(format!(
+            "floating IP {addr} is outside every subnet of node `{}` ({})",
+            node.name,
+            list(node.subnets().map(|n| n.trunc().to_string()))
+        ));
+    }
+    if !node.subnets().any(|net| net.contains(&fip.address.trunc())) {
+        return Some(format!(
+            "the prefix of floating IP {} does not fit node `{}`: /{} is wider than its subnet \
+             ({}), so the route it adds would send traffic for other networks to this link",
+            fip.address,
+            node.name,
+            fip.address.prefix_len(),
+            list(
+                node.subnets()
+                    .filter(|net| net.contains(&addr))
+                    .map(|n| n.trunc().to_string())
+            )
+        ));
+    }
+    None
+}
+
+/// Problems in a resource's own parameters (no I/O), as `(key below the
+/// resource, message)`.
+fn resource_params(kind: &ResourceKind) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut add = |field: &str, msg: String| out.push((field.to_owned(), msg));
+    match kind {
+        ResourceKind::Exec(e) => {
+            for (which, command) in [
+                ("start", &e.start),
+                ("stop", &e.stop),
+                ("status", &e.status),
+            ] {
+                if command.first().is_some_and(String::is_empty) {
+                    add(
+                        &format!("{which}[0]"),
+                        "the program must not be empty".into(),
+                    );
+                }
+            }
+            if let Some(dir) = e.working_dir.as_ref().filter(|d| !d.is_absolute()) {
+                add(
+                    "working_dir",
+                    format!("must be an absolute path, not `{}`", dir.display()),
+                );
+            }
+        }
+        ResourceKind::Ocf(o) => {
+            if let Some(msg) = ocf_agent_problem(&o.agent) {
+                add("agent", msg);
+            }
+            if !o.ocf_root.is_absolute() {
+                add(
+                    "ocf_root",
+                    format!("must be an absolute path, not `{}`", o.ocf_root.display()),
+                );
+            }
+            for name in o.params.keys() {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    add(
+                        &format!("params.{name}"),
                         format!(
-                            "floating IP {} is outside every subnet of node `{}` ({})",
-                            fip.address.addr(),
-                            node.name,
-                            list(node.subnets().map(|n| n.trunc().to_string()))
+                            "`{name}` cannot be passed to the agent as OCF_RESKEY_{name}: \
+                             letters, digits and `_` only"
                         ),
                     );
                 }
             }
         }
+        ResourceKind::Systemd(s) => {
+            if let Some(msg) = unit_name_problem(&s.unit) {
+                add("unit", msg);
+            }
+        }
+        ResourceKind::FloatingIp(f) => {
+            if let Some(msg) = interface_name_problem(&f.interface) {
+                add("interface", msg);
+            }
+            if let Some(msg) = floating_address_problem(&f.address) {
+                add("address", msg);
+            }
+        }
+        ResourceKind::Mount(m) => {
+            if !m.mountpoint.is_absolute() {
+                add(
+                    "mountpoint",
+                    format!("must be an absolute path, not `{}`", m.mountpoint.display()),
+                );
+            } else if m
+                .mountpoint
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::CurDir))
+            {
+                add("mountpoint", "cannot be `/`".into());
+            }
+            if let Some(msg) = mount_device_problem(&m.device) {
+                add("device", msg);
+            } else if m.fsck && !m.device.is_absolute() {
+                add(
+                    "fsck",
+                    format!(
+                        "fsck needs the device as an absolute path, not `{}`",
+                        m.device.display()
+                    ),
+                );
+            }
+            if m.fstype.is_empty()
+                || m.fstype.starts_with('-')
+                || m.fstype.contains(|c: char| c == ',' || c.is_whitespace())
+            {
+                add(
+                    "fstype",
+                    format!("`{}` is not a file system type", m.fstype),
+                );
+            }
+        }
+        ResourceKind::Vm(_) => {}
     }
+    out
+}
+
+/// Problems in a monitor's own parameters (no I/O), as `(key below the
+/// monitor, message)`.
+fn monitor_params(kind: &MonitorKind) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut add = |field: &str, msg: String| out.push((field.to_owned(), msg));
+    let absolute = |path: &Path| {
+        (!path.is_absolute()).then(|| format!("must be an absolute path, not `{}`", path.display()))
+    };
+    match kind {
+        MonitorKind::Nic(n) => {
+            if let Some(msg) = interface_name_problem(&n.interface) {
+                add("interface", msg);
+            }
+        }
+        MonitorKind::Ip(ip) => {
+            for (i, target) in ip.targets.iter().enumerate() {
+                if let Some(msg) = ping_target_problem(*target) {
+                    add(&format!("targets[{i}]"), msg);
+                }
+            }
+        }
+        MonitorKind::Process(pm) => {
+            if let Some(msg) = pm.pid_file.as_deref().and_then(absolute) {
+                add("pid_file", msg);
+            }
+            if pm.process_name.as_deref() == Some("") {
+                add("process_name", "must not be empty".into());
+            }
+        }
+        MonitorKind::Tcp(t) => {
+            if let Err(msg) = host_port(&t.address) {
+                add("address", msg);
+            }
+        }
+        MonitorKind::Http(h) => {
+            if let Some(msg) = http_url_problem(&h.url) {
+                add("url", msg);
+            }
+            if !(100..=599).contains(&h.expect_status) {
+                add(
+                    "expect_status",
+                    format!("{} is not an HTTP status (100 to 599)", h.expect_status),
+                );
+            }
+        }
+        MonitorKind::Pgsql(pg) => {
+            if let Some(msg) = pg.password_file.as_deref().and_then(absolute) {
+                add("password_file", msg);
+            }
+            if pg.query.trim().is_empty() {
+                add("query", "must not be empty".into());
+            }
+        }
+        MonitorKind::Disk(d) => {
+            if let Some(msg) = absolute(&d.device) {
+                add("device", msg);
+            }
+            if d.block_size == 0 || d.block_size % 512 != 0 || d.block_size > MAX_DISK_BLOCK {
+                add(
+                    "block_size",
+                    format!(
+                        "{} is not a multiple of 512 from 512 to {MAX_DISK_BLOCK} (an O_DIRECT \
+                         read is a whole number of the device's sectors)",
+                        d.block_size
+                    ),
+                );
+            }
+        }
+        MonitorKind::Custom(cm) => {
+            if cm.command.first().is_some_and(String::is_empty) {
+                add("command[0]", "the program must not be empty".into());
+            }
+        }
+        MonitorKind::Ocf(_) | MonitorKind::Vm(_) => {}
+    }
+    out
+}
+
+/// The largest `block_size` of a `disk` monitor (16 MiB).
+const MAX_DISK_BLOCK: u32 = 16 << 20;
+
+/// `provider:type` or `ocf:provider:type`, each part a file name.
+fn ocf_agent_problem(agent: &str) -> Option<String> {
+    let parts: Vec<&str> = agent.split(':').collect();
+    let (provider, kind) = match parts.as_slice() {
+        [provider, kind] | ["ocf", provider, kind] => (*provider, *kind),
+        _ => return Some("expected `provider:type`, e.g. `heartbeat:IPaddr2`".into()),
+    };
+    [("provider", provider), ("type", kind)]
+        .into_iter()
+        .find(|(_, part)| {
+            part.is_empty() || *part == "." || *part == ".." || part.contains(['/', '\0'])
+        })
+        .map(|(what, part)| {
+            format!(
+                "the agent's {what} `{part}` is not a name: it must not be empty, `.` or `..`, \
+                 nor contain `/`"
+            )
+        })
+}
+
+/// The unit types systemd knows (the suffix of a unit name).
+const UNIT_TYPES: &[&str] = &[
+    "service",
+    "socket",
+    "target",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "timer",
+    "path",
+    "slice",
+    "scope",
+];
+
+/// A unit name systemd accepts for a unit that can be started: a name or
+/// an instance (`name@instance.type`), not a template, as systemd's own
+/// `unit_name_is_valid` reads it.
+fn unit_name_problem(unit: &str) -> Option<String> {
+    let Some((name, suffix)) = unit.rsplit_once('.').filter(|(n, _)| !n.is_empty()) else {
+        return Some(format!(
+            "`{unit}` is not a unit name: expected NAME.TYPE, e.g. `nginx.service`"
+        ));
+    };
+    if unit.len() > 255 {
+        return Some("a unit name is at most 255 bytes".into());
+    }
+    if !UNIT_TYPES.contains(&suffix) {
+        return Some(format!(
+            "`.{suffix}` is not a unit type (one of {})",
+            UNIT_TYPES.join(", ")
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ":-_.\\@".contains(*c)))
+    {
+        return Some(format!(
+            "`{unit}` is not a unit name: {bad:?} is not allowed (letters, digits and `:-_.\\@`; \
+             escape others as systemd-escape does)"
+        ));
+    }
+    match name.split_once('@') {
+        Some(("", _)) => Some(format!("`{unit}` is not a unit name: it starts with `@`")),
+        Some((_, "")) => Some(format!(
+            "`{unit}` is a template, which cannot be started: name an instance, e.g. \
+             `{}@INSTANCE.{suffix}`",
+            name.trim_end_matches('@')
+        )),
+        _ => None,
+    }
+}
+
+/// A name the kernel accepts for a network interface.
+fn interface_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("the interface name must not be empty".into());
+    }
+    if name.len() > 15 {
+        return Some(format!(
+            "`{name}` is not an interface name: at most 15 bytes"
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Some(format!(
+            "`{name}` is not an interface name (no `/`, `:` or spaces; not `.` or `..`)"
+        ));
+    }
+    None
+}
+
+/// An address that cannot float, or whose prefix makes it a network's own
+/// address.
+fn floating_address_problem(net: &IpNet) -> Option<String> {
+    let addr = net.addr();
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+        return Some(format!(
+            "{addr} cannot be a floating address (unspecified, multicast or loopback)"
+        ));
+    }
+    if net.prefix_len() == 0 {
+        return Some(format!(
+            "the prefix of {net} does not fit: /0 would make every address on-link"
+        ));
+    }
+    match net {
+        IpNet::V4(v4) if v4.prefix_len() <= 30 => {
+            if v4.addr() == v4.network() {
+                return Some(format!(
+                    "the prefix of {net} does not fit: {addr} is the network address of {}",
+                    v4.trunc()
+                ));
+            }
+            if v4.addr() == v4.broadcast() {
+                return Some(format!(
+                    "the prefix of {net} does not fit: {addr} is the broadcast address of {}",
+                    v4.trunc()
+                ));
+            }
+        }
+        IpNet::V6(v6) if v6.prefix_len() <= 126 && v6.addr() == v6.network() => {
+            return Some(format!(
+                "the prefix of {net} does not fit: {addr} is the subnet-router anycast address \
+                 of {}",
+                v6.trunc()
+            ));
+        }
+        _ => {}
+    }
+    None
+}
+
+/// A target an ICMP echo can be sent to without a scope or a group.
+fn ping_target_problem(target: IpAddr) -> Option<String> {
+    if target.is_unspecified() || target.is_multicast() {
+        return Some(format!(
+            "{target} cannot be pinged (unspecified or multicast)"
+        ));
+    }
+    if let IpAddr::V6(v6) = target
+        && v6.is_unicast_link_local()
+    {
+        return Some(format!(
+            "{target} is link-local: it needs an interface the configuration cannot give; use a \
+             global or unique-local address"
+        ));
+    }
+    None
+}
+
+/// `HOST:PORT`, an IPv6 literal in brackets.
+fn host_port(address: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("`{address}` is not HOST:PORT: {why}"));
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let Some((host, port)) = rest.split_once("]:") else {
+            return bad("an IPv6 address in brackets needs `]:PORT` after it");
+        };
+        if host.parse::<Ipv6Addr>().is_err() {
+            return bad("the address in brackets is not an IPv6 address");
+        }
+        (host, port)
+    } else {
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return bad("no port");
+        };
+        if host.contains(':') {
+            return bad("IPv6 addresses go in brackets: [ADDRESS]:PORT");
+        }
+        (host, port)
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return bad("no host, or a host with spaces or `/`");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => bad("the port is not a number from 1 to 65535"),
+    }
+}
+
+/// What an `http://` or `https://` URL needs for any HTTP client: a host,
+/// a port that is a number, no spaces. (The scheme is checked on its own;
+/// the client library parses the rest when the monitor is built.)
+fn http_url_problem(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Some("must not contain spaces or control characters (percent-encode them)".into());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(inner) = host_port.strip_prefix('[') {
+        let Some((v6, after)) = inner.split_once(']') else {
+            return Some("the IPv6 address has no closing `]`".into());
+        };
+        if v6.parse::<Ipv6Addr>().is_err() {
+            return Some(format!("`{v6}` is not an IPv6 address"));
+        }
+        match after {
+            "" => (v6, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (v6, Some(port)),
+                None => return Some(format!("unexpected `{after}` after the IPv6 address")),
+            },
+        }
+    } else {
+        match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Some("the URL has no host".into());
+    }
+    if let Some(port) = port.filter(|p| !p.is_empty())
+        && port.parse::<u16>().is_err()
+    {
+        return Some(format!("the port `{port}` is not a number from 0 to 65535"));
+    }
+    None
+}
+
+/// A device to mount: an absolute path, or a network source
+/// (`server:/export`, `//server/share`); not a tag, not an option.
+fn mount_device_problem(device: &Path) -> Option<String> {
+    let text = device.to_string_lossy();
+    if text.is_empty() || text.starts_with('-') {
+        return Some(format!("`{text}` is not a device"));
+    }
+    if let Some((tag, _)) = text.split_once('=')
+        && ["UUID", "LABEL", "PARTUUID", "PARTLABEL"].contains(&tag)
+    {
+        return Some(format!(
+            "`{text}`: tags are not supported (mountinfo shows the device, never the tag); \
+             name the device by path, e.g. /dev/disk/by-uuid/..."
+        ));
+    }
+    let network = text
+        .split_once(":/")
+        .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'));
+    if !device.is_absolute() && !network {
+        return Some(format!(
+            "`{text}` must be an absolute path (`/dev/...`) or a network source \
+             (`server:/export`)"
+        ));
+    }
+    None
 }
 
 fn vm_fits(c: &Config, group: &Group, g: usize, r: usize, vm: &VmResource, p: &mut Problems) {

@@ -500,3 +500,424 @@ fn docs_configuration_reference_is_up_to_date() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Parameters a driver could not use are refused at load, at their line.
+
+/// `src` fails with an error at the line of `needle`, under `key`, whose
+/// message contains `message_part`.
+fn refused_at(src: &str, needle: &str, key: &str, message_part: &str) {
+    let errs = errors("broken.toml", src);
+    assert_one(&errs, line_of(src, needle), key, message_part);
+}
+
+#[test]
+fn systemd_unit_must_be_a_unit_name() {
+    let base = example("guest-nplus1.toml");
+    for (unit, message) in [
+        ("rabbitmq-server", "expected NAME.TYPE"),
+        ("rabbitmq-server.servic", "`.servic` is not a unit type"),
+        ("../../etc/passwd.service", "'/' is not allowed"),
+        ("rabbit mq.service", "' ' is not allowed"),
+        ("getty@.service", "is a template, which cannot be started"),
+        ("@tty1.service", "starts with `@`"),
+    ] {
+        let src = edit(
+            &base,
+            "unit = \"rabbitmq-server.service\"",
+            &format!("unit = \"{unit}\""),
+        );
+        refused_at(&src, unit, "groups[1].resources[1].unit", message);
+    }
+    // Instances and escaped names are fine.
+    for unit in ["getty@tty1.service", "dev-disk-by\\\\x2did-x.device"] {
+        let src = edit(
+            &base,
+            "unit = \"rabbitmq-server.service\"",
+            &format!("unit = \"{unit}\""),
+        );
+        conf::load_str("ok.toml", &src).unwrap_or_else(|e| panic!("{unit}: {e}"));
+    }
+}
+
+#[test]
+fn mount_paths_must_be_absolute() {
+    let base = example("guest-nplus1.toml");
+    let src = edit(
+        &base,
+        "mountpoint = \"/srv/pgsql\"",
+        "mountpoint = \"srv/pgsql\"",
+    );
+    refused_at(
+        &src,
+        "\"srv/pgsql\"",
+        "groups[0].resources[0].mountpoint",
+        "must be an absolute path",
+    );
+    let src = edit(&base, "mountpoint = \"/srv/pgsql\"", "mountpoint = \"/\"");
+    refused_at(
+        &src,
+        "mountpoint = \"/\"",
+        "groups[0].resources[0].mountpoint",
+        "cannot be `/`",
+    );
+    let device = "device = \"/dev/disk/by-id/wwn-0x5000c500a1b2c3d4\"\nmountpoint";
+    let src = edit(&base, device, "device = \"sdb1\"\nmountpoint");
+    refused_at(
+        &src,
+        "\"sdb1\"",
+        "groups[0].resources[0].device",
+        "must be an absolute path (`/dev/...`) or a network source",
+    );
+    let src = edit(&base, device, "device = \"UUID=0b2c\"\nmountpoint");
+    refused_at(
+        &src,
+        "UUID=0b2c",
+        "groups[0].resources[0].device",
+        "tags are not supported",
+    );
+    let src = edit(&base, device, "device = \"-oremount\"\nmountpoint");
+    refused_at(
+        &src,
+        "-oremount",
+        "groups[0].resources[0].device",
+        "is not a device",
+    );
+    // A network source mounts, but fsck cannot check it.
+    let src = edit(&base, device, "device = \"nas:/export/pg\"\nmountpoint");
+    refused_at(
+        &src,
+        "fsck = true",
+        "groups[0].resources[0].fsck",
+        "fsck needs the device as an absolute path",
+    );
+    let src = edit(&src, "fsck = true", "fsck = false");
+    conf::load_str("ok.toml", &src).unwrap_or_else(|e| panic!("{e}"));
+    let src = edit(&base, "fstype = \"ext4\"", "fstype = \"ext4,ro\"");
+    refused_at(
+        &src,
+        "ext4,ro",
+        "groups[0].resources[0].fstype",
+        "is not a file system type",
+    );
+}
+
+#[test]
+fn disk_monitor_device_must_be_absolute_and_block_size_whole_sectors() {
+    let base = example("guest-nplus1.toml");
+    let device = "device = \"/dev/disk/by-id/wwn-0x5000c500a1b2c3d4\"\ninterval";
+    let src = edit(
+        &base,
+        device,
+        "device = \"disk/by-id/wwn-0x5000\"\ninterval",
+    );
+    refused_at(
+        &src,
+        "disk/by-id/wwn-0x5000\"",
+        "groups[0].monitors[1].device",
+        "must be an absolute path",
+    );
+    let src = edit(
+        &base,
+        device,
+        "device = \"/dev/disk/by-id/wwn-0x5000c500a1b2c3d4\"\nblock_size = 1000\ninterval",
+    );
+    refused_at(
+        &src,
+        "block_size = 1000",
+        "groups[0].monitors[1].block_size",
+        "not a multiple of 512",
+    );
+}
+
+#[test]
+fn floating_ip_prefix_must_fit() {
+    let base = example("guest-1plus1.toml");
+    for (address, message) in [
+        (
+            "192.0.2.100/16",
+            "/16 is wider than its subnet (192.0.2.0/24)",
+        ),
+        ("192.0.2.255/24", "is the broadcast address of 192.0.2.0/24"),
+        ("192.0.2.0/24", "is the network address of 192.0.2.0/24"),
+        ("192.0.2.100/0", "/0 would make every address on-link"),
+    ] {
+        let src = edit(&base, "192.0.2.100/24", address);
+        refused_at(&src, address, "groups[0].resources[0].address", message);
+    }
+    let src = edit(&base, "2001:db8:0:1::100/64", "2001:db8:0:1::/64");
+    refused_at(
+        &src,
+        "2001:db8:0:1::/64",
+        "groups[0].resources[1].address",
+        "subnet-router anycast address",
+    );
+    // A longer prefix than the subnet's is fine (a /32 address).
+    let src = edit(&base, "192.0.2.100/24", "192.0.2.100/32");
+    conf::load_str("ok.toml", &src).unwrap_or_else(|e| panic!("{e}"));
+    // On the DR node, the override's prefix is what counts.
+    let src = edit(
+        &example("dr-asymmetric.toml"),
+        "address = \"198.51.100.50/24\"",
+        "address = \"198.51.100.50/20\"",
+    );
+    refused_at(
+        &src,
+        "198.51.100.50/20",
+        "nodes[1].overrides.erp-vip.address",
+        "does not fit node `erp-dr`",
+    );
+}
+
+#[test]
+fn interface_names_must_be_names_the_kernel_accepts() {
+    let src = edit(
+        &example("guest-1plus1.toml"),
+        "kind = \"nic\"\ninterface = \"eth0\"",
+        "kind = \"nic\"\ninterface = \"enp0s31f6-uplink0\"",
+    );
+    refused_at(
+        &src,
+        "enp0s31f6-uplink0",
+        "groups[0].monitors[1].interface",
+        "at most 15 bytes",
+    );
+    let src = edit(
+        &example("guest-1plus1.toml"),
+        "interface = \"eth0\"",
+        "interface = \"eth0/1\"",
+    );
+    refused_at(
+        &src,
+        "eth0/1",
+        "groups[0].resources[0].interface",
+        "not an interface name",
+    );
+    // Through a node's override: reported at the override, naming the node.
+    let src = edit(
+        &example("dr-asymmetric.toml"),
+        "interface = \"ens3\"",
+        "interface = \"ens 3\"",
+    );
+    refused_at(
+        &src,
+        "ens 3",
+        "nodes[1].overrides.erp-vip.interface",
+        "(on node `erp-dr`)",
+    );
+}
+
+#[test]
+fn http_url_must_parse() {
+    let base = example("guest-1plus1.toml");
+    let url = "http://192.0.2.100:8080/health";
+    for (bad, message) in [
+        (
+            "http://192.0.2.100:80a80/health",
+            "the port `80a80` is not a number",
+        ),
+        ("http:///health", "the URL has no host"),
+        ("http://192.0.2.100:8080/he alth", "must not contain spaces"),
+        ("http://[2001:db8::100:8080/health", "no closing `]`"),
+        (
+            "http://[2001:db8::zz]:8080/health",
+            "is not an IPv6 address",
+        ),
+    ] {
+        let src = edit(&base, url, bad);
+        refused_at(&src, bad, "groups[0].monitors[0].url", message);
+    }
+    let src = edit(&base, url, "http://[2001:db8:0:1::100]:8080/health");
+    conf::load_str("ok.toml", &src).unwrap_or_else(|e| panic!("{e}"));
+    let src = edit(&base, "body_contains", "expect_status = 42\nbody_contains");
+    refused_at(
+        &src,
+        "expect_status = 42",
+        "groups[0].monitors[0].expect_status",
+        "not an HTTP status",
+    );
+}
+
+#[test]
+fn ocf_agent_must_be_a_provider_and_a_type() {
+    let base = example("guest-nplus1.toml");
+    for (agent, message) in [
+        ("pgsql", "expected `provider:type`"),
+        (
+            "heartbeat:../../../bin/sh",
+            "the agent's type `../../../bin/sh` is not a name",
+        ),
+        ("..:pgsql", "the agent's provider `..` is not a name"),
+        ("heartbeat:", "the agent's type `` is not a name"),
+    ] {
+        let src = edit(
+            &base,
+            "agent = \"heartbeat:pgsql\"",
+            &format!("agent = \"{agent}\""),
+        );
+        refused_at(
+            &src,
+            &format!("\"{agent}\""),
+            "groups[0].resources[2].agent",
+            message,
+        );
+    }
+    let src = edit(
+        &base,
+        "agent = \"heartbeat:pgsql\"",
+        "agent = \"ocf:heartbeat:pgsql\"",
+    );
+    conf::load_str("ok.toml", &src).unwrap_or_else(|e| panic!("{e}"));
+    let src = edit(&base, "pgport = \"5432\"", "\"pg-port\" = \"5432\"");
+    refused_at(
+        &src,
+        "\"pg-port\"",
+        "groups[0].resources[2].params.pg-port",
+        "cannot be passed to the agent as OCF_RESKEY_pg-port",
+    );
+}
+
+#[test]
+fn process_monitor_needs_a_pid_file_or_a_name() {
+    let base = example("guest-nplus1.toml");
+    let src = edit(&base, "process_name = \"nginx\"", "process_name = \"\"");
+    refused_at(
+        &src,
+        "process_name = \"\"",
+        "groups[2].monitors[0].process_name",
+        "must not be empty",
+    );
+    let src = edit(
+        &base,
+        "process_name = \"nginx\"",
+        "pid_file = \"run/nginx.pid\"",
+    );
+    refused_at(
+        &src,
+        "run/nginx.pid",
+        "groups[2].monitors[0].pid_file",
+        "must be an absolute path",
+    );
+    let src = edit(
+        &base,
+        "process_name = \"nginx\"",
+        "process_name = \"nginx\"\npid_file = \"/run/nginx.pid\"",
+    );
+    let errs = errors("broken.toml", &src);
+    // At the entry: its `[[groups.monitors]]` line.
+    assert_one(
+        &errs,
+        line_of(&src, "name = \"web-proc\"") - 1,
+        "groups[2].monitors[0]",
+        "exactly one of `pid_file` and `process_name`",
+    );
+    let src = edit(&base, "process_name = \"nginx\"\n", "");
+    let errs = errors("broken.toml", &src);
+    // At the entry: its `[[groups.monitors]]` line.
+    assert_one(
+        &errs,
+        line_of(&src, "name = \"web-proc\"") - 1,
+        "groups[2].monitors[0]",
+        "exactly one of `pid_file` and `process_name`",
+    );
+}
+
+#[test]
+fn tcp_address_must_be_host_and_port() {
+    let base = example("guest-nplus1.toml");
+    for (address, message) in [
+        ("10.10.0.102", "no port"),
+        ("10.10.0.102:0", "the port is not a number from 1 to 65535"),
+        ("fd00::102:5672", "IPv6 addresses go in brackets"),
+        ("[fd00::102]5672", "needs `]:PORT`"),
+        (":5672", "no host"),
+    ] {
+        let src = edit(
+            &base,
+            "address = \"10.10.0.102:5672\"",
+            &format!("address = \"{address}\""),
+        );
+        refused_at(
+            &src,
+            &format!("\"{address}\""),
+            "groups[1].monitors[0].address",
+            message,
+        );
+    }
+}
+
+#[test]
+fn ip_monitor_targets_must_be_pingable() {
+    let base = example("guest-1plus1.toml");
+    let nic = "kind = \"nic\"\ninterface = \"eth0\"";
+    for (target, message) in [
+        ("fe80::1", "is link-local"),
+        ("ff02::1", "cannot be pinged"),
+        ("0.0.0.0", "cannot be pinged"),
+    ] {
+        let src = edit(
+            &base,
+            nic,
+            &format!("kind = \"ip\"\ntargets = [\"192.0.2.1\", \"{target}\"]"),
+        );
+        refused_at(&src, target, "groups[0].monitors[1].targets[1]", message);
+    }
+}
+
+#[test]
+fn monitor_timeout_and_programs() {
+    let base = example("guest-1plus1.toml");
+    let src = edit(&base, "timeout = \"1s\"", "timeout = \"0s\"");
+    refused_at(
+        &src,
+        "timeout = \"0s\"",
+        "groups[0].monitors[0].timeout",
+        "must be greater than zero",
+    );
+    let src = edit(
+        &base,
+        "env = { WEB_PORT = \"8080\" }",
+        "env = { WEB_PORT = \"8080\" }\nworking_dir = \"opt/web\"",
+    );
+    refused_at(
+        &src,
+        "working_dir",
+        "groups[0].resources[2].working_dir",
+        "must be an absolute path",
+    );
+    let src = edit(
+        &base,
+        "start = [\"/opt/web/bin/start\"]",
+        "start = [\"\", \"start\"]",
+    );
+    refused_at(
+        &src,
+        "start = [\"\"",
+        "groups[0].resources[2].start[0]",
+        "the program must not be empty",
+    );
+}
+
+#[test]
+fn pgsql_monitor_files_and_query() {
+    let base = example("guest-nplus1.toml");
+    let conn = "connection = \"host=10.10.0.101 user=monitor dbname=postgres\"";
+    let src = edit(
+        &base,
+        conn,
+        &format!("{conn}\npassword_file = \"monitor.pass\""),
+    );
+    refused_at(
+        &src,
+        "monitor.pass",
+        "groups[0].monitors[0].password_file",
+        "must be an absolute path",
+    );
+    let src = edit(&base, conn, &format!("{conn}\nquery = \" \""));
+    refused_at(
+        &src,
+        "query = \" \"",
+        "groups[0].monitors[0].query",
+        "must not be empty",
+    );
+}

@@ -102,14 +102,23 @@ impl DiskMonitor {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn check_once(&self, timeout: Duration) -> CheckOutcome {
+    /// Why this monitor cannot read anything, if it cannot (a
+    /// `block_size` out of range).
+    pub fn config_problem(&self) -> Option<String> {
         let size = usize::try_from(self.block_size).unwrap_or(usize::MAX);
-        if size == 0 || size > MAX_BLOCK {
-            return CheckOutcome::Failed(format!(
+        (size == 0 || size > MAX_BLOCK).then(|| {
+            format!(
                 "block_size {} is out of range (1 to {MAX_BLOCK} bytes)",
                 self.block_size
-            ));
+            )
+        })
+    }
+
+    async fn check_once(&self, timeout: Duration) -> CheckOutcome {
+        if let Some(problem) = self.config_problem() {
+            return CheckOutcome::Failed(problem);
         }
+        let size = usize::try_from(self.block_size).unwrap_or(usize::MAX);
         {
             let mut in_flight = self
                 .in_flight

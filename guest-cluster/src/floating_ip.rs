@@ -38,7 +38,8 @@
 //!    target address both the floating address, as `arping -U` and the
 //!    kernel send them); IPv6 unsolicited neighbour advertisements (ICMPv6
 //!    type 136, override flag, target link-layer address option, from the
-//!    floating address to ff02::1, hop limit 255).
+//!    floating address to ff02::1, hop limit 255). `announcements = 0`
+//!    sends none (the duplicate check still runs).
 //!
 //! # Stop
 //!
@@ -47,8 +48,19 @@
 //!
 //! # Probe
 //!
-//! Present on the interface: `Running` (`Failed` if IPv6 DAD failed on it);
-//! absent, or the interface absent: `Stopped`; a netlink error: `Unknown`.
+//! Present on the interface: `Running` (also while IPv6 DAD runs again;
+//! `Failed` if DAD failed on it); absent, or the interface absent:
+//! `Stopped`; a netlink error or no answer in time: `Unknown`.
+//!
+//! # While the group runs
+//!
+//! The kernel drops an address without telling anyone: an IPv6 address
+//! goes when its link is set down (`ip link set dev IF down`, unless
+//! `net.ipv6.conf.IF.keep_addr_on_down` is set), and `ip addr del` drops
+//! either family. The engine runs configured monitors only, so the
+//! presence of a group's floating addresses is checked by the group's
+//! `nic` monitors: each one also checks every floating address of its
+//! group on its interface ([`AddressState`], see `net_monitors`).
 //!
 //! Netlink goes through `rtnetlink`; frames through `pnet_datalink`
 //! (`AF_PACKET`, on a socket opened here with `SOCK_CLOEXEC` so that no
@@ -287,6 +299,46 @@ async fn find_addresses(
         .try_collect()
         .await?;
     Ok(found)
+}
+
+/// What a link holds of one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AddressState {
+    /// Not on the link (never added, removed, or dropped by the kernel:
+    /// IPv6 addresses go when their link is set down, unless
+    /// `net.ipv6.conf.IF.keep_addr_on_down` is set).
+    Absent,
+    /// On the link, usable.
+    Usable,
+    /// On the link, its IPv6 duplicate address detection still running.
+    Tentative,
+    /// On the link, but IPv6 duplicate address detection found another
+    /// holder: the kernel does not use it.
+    DadFailed,
+}
+
+/// What link `index` holds of `addr` (any prefix length): the best of its
+/// entries.
+pub(crate) async fn address_state(
+    handle: &Handle,
+    index: u32,
+    addr: IpAddr,
+) -> Result<AddressState, NetError> {
+    let mut state = AddressState::Absent;
+    for m in find_addresses(handle, index, addr).await? {
+        let flags = address_flags(&m);
+        let this = if flags.contains(AddressFlags::Dadfailed) {
+            AddressState::DadFailed
+        } else if flags.contains(AddressFlags::Tentative) {
+            AddressState::Tentative
+        } else {
+            return Ok(AddressState::Usable);
+        };
+        if state != AddressState::Tentative {
+            state = this;
+        }
+    }
+    Ok(state)
 }
 
 /// The `IFA_F_*` flags of an address entry (the 32-bit attribute when
@@ -946,9 +998,18 @@ impl FloatingIpDriver {
             IpAddr::V4(v4) => self.start_v4(&handle, &link, mac, v4, ctx.timeout).await?,
             IpAddr::V6(v6) => self.start_v6(&handle, &link, mac, v6, deadline).await?,
         }
+        let addr = self.addr();
+        if self.config.announcements == 0 {
+            tracing::debug!(
+                group = %ctx.group,
+                resource = %ctx.resource,
+                address = %addr,
+                "announcements = 0: the address is not announced",
+            );
+            return Ok(());
+        }
         // The first announcement now, so that a start that cannot send one
         // fails; the others in the background, on the same socket.
-        let addr = self.addr();
         let frame = Arc::new(announcement(mac, addr)?);
         let first = frame.clone();
         let mut frames = blocking(move || {
@@ -1007,21 +1068,19 @@ impl FloatingIpDriver {
         let Some(link) = get_link(&handle, &self.config.interface).await? else {
             return Ok(Probe::Stopped);
         };
-        let entries = find_addresses(&handle, link.index, self.addr()).await?;
-        if entries.is_empty() {
-            return Ok(Probe::Stopped);
-        }
-        if entries
-            .iter()
-            .all(|m| address_flags(m).contains(AddressFlags::Dadfailed))
-        {
-            return Ok(Probe::Failed(format!(
-                "{} is on `{}` but duplicate address detection failed",
-                self.addr(),
-                self.config.interface
-            )));
-        }
-        Ok(Probe::Running)
+        Ok(
+            match address_state(&handle, link.index, self.addr()).await? {
+                AddressState::Absent => Probe::Stopped,
+                AddressState::DadFailed => Probe::Failed(format!(
+                    "{} is on `{}` but duplicate address detection failed",
+                    self.addr(),
+                    self.config.interface
+                )),
+                // Tentative: DAD runs again (the link came back up with
+                // `keep_addr_on_down`): present, so not stopped.
+                AddressState::Usable | AddressState::Tentative => Probe::Running,
+            },
+        )
     }
 }
 

@@ -35,6 +35,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         socket = %start.api_socket.display(),
         "guest-clusterd starting"
     );
+    // Every resource and monitor this node runs, built first: a parameter
+    // a driver cannot use (a connection string or URL its library does not
+    // parse...) stops the daemon here, naming it, before anything binds or
+    // starts.
+    let drivers = guest_cluster::drivers::build(&start.config, &start.node, &start.state_dir)
+        .inspect_err(|e| {
+            for problem in &e.problems {
+                tracing::error!(
+                    group = %problem.group,
+                    "{} `{}` cannot run: {}",
+                    problem.what,
+                    problem.name,
+                    problem.message,
+                );
+            }
+        })
+        .with_context(|| format!("configuration {} cannot run", start.config_file.display()))?;
     // The management addresses (`api.listen`) are bound before anything
     // starts, so that a bad address or token is a start-up error; the
     // control socket appears once the daemon answers on it.
@@ -45,11 +62,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &start.config_file,
         &start.node,
         &start.state_dir,
-        cluster_core::engine::Workload::Managed(guest_cluster::drivers::build(
-            &start.config,
-            &start.node,
-            &start.state_dir,
-        )),
+        cluster_core::engine::Workload::Managed(drivers),
     )
     .context("cannot start the cluster engine")?;
     let shutdown_engine = engine.clone();

@@ -137,6 +137,13 @@ impl MountDriver {
         Self { config }
     }
 
+    /// Why this configuration cannot be mounted, if it cannot (a relative
+    /// or `/` mount point, a device or type that looks like an option):
+    /// what a start would refuse, hard.
+    pub fn config_problem(&self) -> Option<String> {
+        self.check_config().err().map(|e| e.to_string())
+    }
+
     fn check_config(&self) -> Result<(), Error> {
         let c = &self.config;
         if !c.mountpoint.is_absolute() || normalize(&c.mountpoint) == Path::new("/") {

@@ -20,6 +20,29 @@
 //! an operational state other than up or unknown, or is not running
 //! (`IFF_RUNNING` clear).
 //!
+//! It also fails, once, when the link was unusable at some moment since
+//! the previous check and is usable again: an admin's `ip link set dev IF
+//! down; ... up` shorter than the interval. Such a bounce is not harmless:
+//! the kernel drops the link's IPv6 addresses and every route through it
+//! (a default route does not come back by itself). The watcher keeps the
+//! time it last saw the link unusable; a check fails when that is after
+//! the previous check, if that check passed (a failure already reported
+//! the outage) and was at most two intervals ago (the monitor also lives
+//! while its group runs elsewhere: a bounce from then is not this run's).
+//!
+//! # Floating addresses
+//!
+//! Built for a group (`drivers::build`), a `nic` monitor that runs only
+//! while its group is active (`while_active`, the default) also checks
+//! every `floating_ip` address of its group on its interface (as this node
+//! runs it, overrides applied), read over netlink at each check: an
+//! address that is gone (deleted, or an IPv6 address dropped with its
+//! link) or whose IPv6 duplicate address detection failed fails the check,
+//! naming the address and its resource. An address whose DAD runs again
+//! passes: it is there. Set the monitor's `resource` to the first
+//! `floating_ip` resource if a restart should add the addresses again; the
+//! group's last resource is restarted otherwise.
+//!
 //! # `ip`
 //!
 //! Each target gets up to [`PING_ATTEMPTS`] ICMP echo requests spread over
@@ -45,9 +68,9 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use surge_ping::{Client, ICMP, IcmpPacket, PingIdentifier, PingSequence};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout_at};
 
-use crate::floating_ip::{Link, NetError, get_link};
+use crate::floating_ip::{AddressState, Link, NetError, address_state, connect, get_link};
 
 /// How long the `nic` watcher waits before it opens a new netlink socket
 /// after its socket failed.
@@ -77,37 +100,72 @@ enum NicState {
     Error(String),
 }
 
+/// What the watcher publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Observed {
+    state: NicState,
+    /// When the watcher last saw the link unusable (down, without
+    /// carrier, absent), and why (as that outage began).
+    last_unusable: Option<(Instant, String)>,
+}
+
 /// The background task of one `nic` monitor.
 #[derive(Debug)]
 struct Watcher {
-    state: watch::Receiver<NicState>,
+    state: watch::Receiver<Observed>,
     task: JoinHandle<()>,
+}
+
+/// A floating address a `nic` monitor checks on its interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedAddress {
+    /// The `floating_ip` resource that holds it.
+    pub resource: String,
+    /// The address.
+    pub address: IpAddr,
 }
 
 /// Driver of one `kind = "nic"` monitor.
 #[derive(Debug)]
 pub struct NicMonitor {
     interface: String,
+    /// Floating addresses that must be on the interface.
+    addresses: Vec<WatchedAddress>,
+    /// How far back a bounce may be for a check to report it.
+    bounce_window: Duration,
     watcher: Mutex<Option<Watcher>>,
+    /// When the previous check started, and whether it passed.
+    previous: Mutex<Option<(Instant, bool)>>,
 }
 
 impl NicMonitor {
     /// A monitor of the link `config.interface` (in the network namespace
-    /// of the thread that runs the first check).
-    pub fn new(config: &conf::NicMonitor) -> Self {
+    /// of the thread that runs the first check), checked every `interval`,
+    /// that also checks `addresses` on that link.
+    pub fn new(
+        config: &conf::NicMonitor,
+        interval: Duration,
+        addresses: Vec<WatchedAddress>,
+    ) -> Self {
         Self {
             interface: config.interface.clone(),
+            addresses,
+            bounce_window: interval.saturating_mul(2),
             watcher: Mutex::new(None),
+            previous: Mutex::new(None),
         }
     }
 
     /// The watcher's state, starting (or restarting) the watcher if needed.
-    fn state(&self) -> watch::Receiver<NicState> {
+    fn state(&self) -> watch::Receiver<Observed> {
         let mut watcher = self.watcher.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(w) = watcher.as_ref().filter(|w| !w.task.is_finished()) {
             return w.state.clone();
         }
-        let (tx, rx) = watch::channel(NicState::Pending);
+        let (tx, rx) = watch::channel(Observed {
+            state: NicState::Pending,
+            last_unusable: None,
+        });
         let task = tokio::spawn(watch_link(self.interface.clone(), tx));
         *watcher = Some(Watcher {
             state: rx.clone(),
@@ -116,24 +174,127 @@ impl NicMonitor {
         rx
     }
 
-    fn judge(&self, state: &NicState) -> CheckOutcome {
+    fn judge(&self, state: &NicState) -> Result<(), String> {
         match state {
-            NicState::Known(Some(link)) => match link.problem() {
-                None => CheckOutcome::Ok,
-                Some(problem) => CheckOutcome::Failed(problem),
-            },
-            NicState::Known(None) => {
-                CheckOutcome::Failed(format!("interface `{}` does not exist", self.interface))
-            }
-            NicState::Error(e) => CheckOutcome::Failed(format!(
+            NicState::Known(Some(link)) => link.problem().map_or(Ok(()), Err),
+            NicState::Known(None) => Err(format!("interface `{}` does not exist", self.interface)),
+            NicState::Error(e) => Err(format!(
                 "cannot read the state of `{}`: {e}",
                 self.interface
             )),
-            NicState::Pending => CheckOutcome::Failed(format!(
+            NicState::Pending => Err(format!(
                 "the state of `{}` is not known yet",
                 self.interface
             )),
         }
+    }
+
+    /// A bounce since the previous check, which passed: the link is usable
+    /// now, but was not at some moment in between.
+    fn bounced(
+        &self,
+        observed: &Observed,
+        previous: Option<(Instant, bool)>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let (Some((since, true)), Some((when, why))) = (previous, &observed.last_unusable) else {
+            return Ok(());
+        };
+        let since = now
+            .checked_sub(self.bounce_window)
+            .map_or(since, |oldest| since.max(oldest));
+        if *when > since {
+            return Err(format!(
+                "interface `{}` was unusable since the last check ({why}, {:?} ago) and is \
+                 usable again: its IPv6 addresses and routes may be gone",
+                self.interface,
+                now.saturating_duration_since(*when),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every watched address is on link `index`, by `deadline`.
+    async fn addresses_present(&self, index: u32, deadline: Instant) -> Result<(), String> {
+        if self.addresses.is_empty() {
+            return Ok(());
+        }
+        let read = async {
+            let handle = connect()?;
+            let mut states = Vec::with_capacity(self.addresses.len());
+            for w in &self.addresses {
+                states.push(address_state(&handle, index, w.address).await?);
+            }
+            Ok::<_, NetError>(states)
+        };
+        let states = match timeout_at(deadline, read).await {
+            Ok(Ok(states)) => states,
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "cannot read the addresses of `{}`: {e}",
+                    self.interface
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "reading the addresses of `{}` did not end in time",
+                    self.interface
+                ));
+            }
+        };
+        let mut problems = Vec::new();
+        for (w, state) in self.addresses.iter().zip(states) {
+            match state {
+                AddressState::Usable | AddressState::Tentative => {}
+                AddressState::Absent => problems.push(format!(
+                    "floating address {} (resource `{}`) is not on `{}` any more",
+                    w.address, w.resource, self.interface
+                )),
+                AddressState::DadFailed => problems.push(format!(
+                    "floating address {} (resource `{}`) failed duplicate address detection \
+                     on `{}`: another node holds it",
+                    w.address, w.resource, self.interface
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    async fn run(&self, timeout: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut state = self.state();
+        // Only the first check waits, for the first read.
+        let ready = timeout_at(deadline, async {
+            state
+                .wait_for(|o| !matches!(o.state, NicState::Pending))
+                .await
+                .map(|o| o.clone())
+        })
+        .await;
+        let observed = match ready {
+            Ok(Ok(o)) => o,
+            // The watcher ended before its first answer (it is
+            // restarted by the next check).
+            Ok(Err(_)) => state.borrow().clone(),
+            Err(_) => {
+                return Err(format!(
+                    "the state of `{}` is not known after {timeout:?}",
+                    self.interface
+                ));
+            }
+        };
+        let previous = *self.previous.lock().unwrap_or_else(PoisonError::into_inner);
+        self.judge(&observed.state)?;
+        self.bounced(&observed, previous, started)?;
+        if let NicState::Known(Some(link)) = &observed.state {
+            self.addresses_present(link.index, deadline).await?;
+        }
+        Ok(())
     }
 }
 
@@ -152,29 +313,17 @@ impl Drop for NicMonitor {
 impl MonitorDriver for NicMonitor {
     fn check(&self, timeout: Duration) -> BoxFuture<'_, CheckOutcome> {
         Box::pin(async move {
-            let mut state = self.state();
-            // Only the first check waits, for the first read.
-            let ready = tokio::time::timeout(timeout, async {
-                state
-                    .wait_for(|s| !matches!(s, NicState::Pending))
-                    .await
-                    .map(|s| s.clone())
-            })
-            .await;
-            let outcome = match ready {
-                Ok(Ok(s)) => self.judge(&s),
-                // The watcher ended before its first answer (it is
-                // restarted by the next check).
-                Ok(Err(_)) => self.judge(&state.borrow()),
-                Err(_) => CheckOutcome::Failed(format!(
-                    "the state of `{}` is not known after {timeout:?}",
-                    self.interface
-                )),
-            };
-            if let CheckOutcome::Failed(why) = &outcome {
-                tracing::debug!(interface = %self.interface, "nic check failed: {why}");
+            let started = Instant::now();
+            let result = self.run(timeout).await;
+            *self.previous.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((started, result.is_ok()));
+            match result {
+                Ok(()) => CheckOutcome::Ok,
+                Err(why) => {
+                    tracing::debug!(interface = %self.interface, "nic check failed: {why}");
+                    CheckOutcome::Failed(why)
+                }
             }
-            outcome
         })
     }
 }
@@ -189,18 +338,18 @@ impl Drop for AbortOnDrop {
 }
 
 /// Keep `tx` up to date with the link `name`, for ever.
-async fn watch_link(name: String, tx: watch::Sender<NicState>) {
+async fn watch_link(name: String, tx: watch::Sender<Observed>) {
     // Until nobody reads the state any more.
     while let Some(e) = follow_link(&name, &tx).await {
         tracing::warn!(interface = %name, "link notifications failed: {e}");
-        tx.send_replace(NicState::Error(e.to_string()));
+        tx.send_modify(|o| o.state = NicState::Error(e.to_string()));
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
     }
 }
 
 /// Subscribe, read the link once, then apply every notification; returns
 /// on failure, or with `None` when nobody reads the state any more.
-async fn follow_link(name: &str, tx: &watch::Sender<NicState>) -> Option<NetError> {
+async fn follow_link(name: &str, tx: &watch::Sender<Observed>) -> Option<NetError> {
     let (connection, handle, mut messages) =
         match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
             Ok(c) => c,
@@ -268,13 +417,38 @@ async fn follow_link(name: &str, tx: &watch::Sender<NicState>) -> Option<NetErro
     )))
 }
 
-fn publish(name: &str, tx: &watch::Sender<NicState>, link: &Option<Link>) {
-    match link.as_ref().map(Link::problem) {
-        None => tracing::info!(interface = %name, "link absent"),
-        Some(None) => tracing::info!(interface = %name, "link up"),
-        Some(Some(problem)) => tracing::info!(interface = %name, "link unusable: {problem}"),
-    }
-    tx.send_replace(NicState::Known(link.clone()));
+fn publish(name: &str, tx: &watch::Sender<Observed>, link: &Option<Link>) {
+    let unusable = match link.as_ref().map(Link::problem) {
+        None => {
+            tracing::info!(interface = %name, "link absent");
+            Some(format!("interface `{name}` does not exist"))
+        }
+        Some(None) => {
+            tracing::info!(interface = %name, "link up");
+            None
+        }
+        Some(Some(problem)) => {
+            tracing::info!(interface = %name, "link unusable: {problem}");
+            Some(problem)
+        }
+    };
+    tx.send_modify(|o| {
+        let was_unusable = match &o.state {
+            NicState::Known(Some(l)) => l.problem().is_some(),
+            NicState::Known(None) => true,
+            NicState::Pending | NicState::Error(_) => false,
+        };
+        o.state = NicState::Known(link.clone());
+        if let Some(why) = unusable {
+            // An outage is named by how it began (`down`), not by the
+            // states the link passes through as it comes back.
+            let why = match o.last_unusable.take() {
+                Some((_, first)) if was_unusable => first,
+                _ => why,
+            };
+            o.last_unusable = Some((Instant::now(), why));
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------

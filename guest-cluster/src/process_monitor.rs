@@ -59,6 +59,14 @@ impl ProcessMonitor {
     }
 }
 
+impl ProcessMonitor {
+    /// Why this monitor cannot check anything, if it cannot (neither or
+    /// both of `pid_file` and `process_name`, an empty name).
+    pub fn config_problem(&self) -> Option<&str> {
+        self.target.as_ref().err().map(String::as_str)
+    }
+}
+
 impl MonitorDriver for ProcessMonitor {
     fn check(&self, timeout: Duration) -> BoxFuture<'_, CheckOutcome> {
         Box::pin(async move {

@@ -17,7 +17,9 @@
 //! # `http`
 //!
 //! One `GET` of `url` (`http://` or `https://`, HTTP/1.1) per check, through
-//! one client per monitor made when the monitor is built:
+//! one client per monitor made when the monitor is built (a URL that does
+//! not parse, or a client that cannot be set up, is refused then: the
+//! daemon does not start):
 //!
 //! - **Redirects are not followed.** The monitor checks the URL it was
 //!   given: a `301` is compared with `expect_status` like any other status
@@ -65,7 +67,9 @@
 //!   `require` or `disable`, as in libpq. As libpq does in these modes, the
 //!   server's certificate is **not verified**: the session is encrypted,
 //!   not authenticated. `verify-ca` and `verify-full` are not supported by
-//!   the client library yet and are refused as a configuration error.
+//!   the client library yet: like any connection string it cannot parse,
+//!   they are refused when the monitor is built (the daemon does not
+//!   start).
 
 use std::fmt;
 use std::io;
@@ -320,12 +324,15 @@ impl MonitorDriver for TcpMonitorDriver {
 // ---------------------------------------------------------------------------
 // http
 
+/// Why an `http` or `pgsql` monitor cannot be built: its configuration
+/// cannot be used (refused when the daemon starts).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
+
 /// Why an `http` check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// The monitor could not be set up (bad URL, TLS backend).
-    #[error("{0}")]
-    Setup(String),
     /// The request did not get a response.
     #[error("request failed: {0}")]
     Request(String),
@@ -374,35 +381,27 @@ struct HttpReady {
 /// Driver of one `kind = "http"` monitor.
 #[derive(Debug)]
 pub struct HttpMonitorDriver {
-    ready: Result<HttpReady, String>,
+    ready: HttpReady,
     expect_status: u16,
     body_contains: Option<String>,
     labels: Labels,
 }
 
 impl HttpMonitorDriver {
-    /// A driver for the http monitor `monitor` of `group`. A URL that
-    /// cannot be parsed or a TLS setup that fails is logged here and
-    /// fails every check.
-    pub fn new(group: &str, monitor: &str, config: &conf::HttpMonitor) -> Self {
-        let labels = Labels::new(group, monitor);
-        let ready = http_ready(config);
-        if let Err(e) = &ready {
-            tracing::error!(group, monitor, "http monitor cannot run: {e}");
-        }
-        Self {
-            ready,
+    /// A driver for the http monitor `monitor` of `group`; a URL that
+    /// cannot be parsed, or an HTTP client that cannot be set up (TLS), is
+    /// an error.
+    pub fn new(group: &str, monitor: &str, config: &conf::HttpMonitor) -> Result<Self, SetupError> {
+        Ok(Self {
+            ready: http_ready(config).map_err(SetupError)?,
             expect_status: config.expect_status,
             body_contains: config.body_contains.clone(),
-            labels,
-        }
+            labels: Labels::new(group, monitor),
+        })
     }
 
     async fn run(&self, timeout: Duration) -> Result<(), HttpError> {
-        let ready = self
-            .ready
-            .as_ref()
-            .map_err(|e| HttpError::Setup(e.clone()))?;
+        let ready = &self.ready;
         let request = async {
             let mut response = ready
                 .client
@@ -572,9 +571,6 @@ pub async fn read_password_file(path: &Path) -> Result<Vec<u8>, PasswordFileErro
 /// Why a `pgsql` check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PgsqlError {
-    /// The connection string or the TLS setup is not usable.
-    #[error("{0}")]
-    Setup(String),
     /// The password file.
     #[error(transparent)]
     Password(#[from] PasswordFileError),
@@ -680,35 +676,32 @@ impl fmt::Debug for PgReady {
 /// Driver of one `kind = "pgsql"` monitor.
 #[derive(Debug)]
 pub struct PgsqlMonitorDriver {
-    ready: Result<PgReady, String>,
+    ready: PgReady,
     password_file: Option<PathBuf>,
     query: String,
     labels: Labels,
 }
 
 impl PgsqlMonitorDriver {
-    /// A driver for the pgsql monitor `monitor` of `group`. A connection
-    /// string that cannot be parsed is logged here and fails every check.
-    pub fn new(group: &str, monitor: &str, config: &conf::PgsqlMonitor) -> Self {
-        let labels = Labels::new(group, monitor);
-        let ready = pg_ready(&config.connection);
-        if let Err(e) = &ready {
-            tracing::error!(group, monitor, "pgsql monitor cannot run: {e}");
-        }
-        Self {
-            ready,
+    /// A driver for the pgsql monitor `monitor` of `group`; a connection
+    /// string the client library cannot parse (or TLS that cannot be set
+    /// up) is an error.
+    pub fn new(
+        group: &str,
+        monitor: &str,
+        config: &conf::PgsqlMonitor,
+    ) -> Result<Self, SetupError> {
+        Ok(Self {
+            ready: pg_ready(&config.connection).map_err(SetupError)?,
             password_file: config.password_file.clone(),
             query: config.query.clone(),
-            labels,
-        }
+            labels: Labels::new(group, monitor),
+        })
     }
 
     async fn run(&self, timeout: Duration) -> Result<(), PgsqlError> {
         let deadline = Instant::now() + timeout;
-        let ready = self
-            .ready
-            .as_ref()
-            .map_err(|e| PgsqlError::Setup(e.clone()))?;
+        let ready = &self.ready;
         let mut config = ready.config.clone();
         if let Some(path) = &self.password_file {
             let password = timeout_at(deadline, read_password_file(path))

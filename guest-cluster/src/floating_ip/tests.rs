@@ -560,3 +560,97 @@ fn stop_cancels_the_remaining_announcements() {
     let seen = join(capture);
     assert_announcements(&seen, Seen::Garp, 1);
 }
+
+#[test]
+fn no_announcement_at_all_with_announcements_zero() {
+    let net = Pair::new();
+    let our_mac = mac_bytes(&Pair::mac(&net.a));
+    let v4 = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 100));
+    let v6: IpAddr = "fd77::100".parse().unwrap_or_else(|e| panic!("{e}"));
+    let window = Duration::from_millis(1200);
+    let (ready4, capture4) = capture(&net.b, our_mac, v4, window);
+    let (ready6, capture6) = capture(&net.b, our_mac, v6, window);
+    for ready in [ready4, ready6] {
+        ready
+            .recv()
+            .unwrap_or_else(|e| panic!("capture did not start: {e}"));
+    }
+    let ns = net.a.clone();
+    run_in(&net.a, move || async move {
+        let d4 = driver("10.77.0.100/24", "eth0", 0);
+        let d6 = driver("fd77::100/64", "eth0", 0);
+        let (c4, c6) = (ctx("vip4", TIMEOUT), ctx("vip6", TIMEOUT));
+        assert_eq!(d4.start(&c4).await, ActionOutcome::Ok);
+        assert_eq!(d6.start(&c6).await, ActionOutcome::Ok);
+        let shown = addresses(&ns);
+        assert!(shown.contains("inet 10.77.0.100/24"), "{shown}");
+        assert!(shown.contains("inet6 fd77::100/64"), "{shown}");
+        assert_eq!(d4.probe(&c4).await, Probe::Running);
+        assert_eq!(d6.probe(&c6).await, Probe::Running);
+        // Past the time every background announcement would have gone.
+        tokio::time::sleep(ANNOUNCE_INTERVAL * 3).await;
+    });
+    let seen4 = join(capture4);
+    let seen6 = join(capture6);
+    // The duplicate check still ran; nothing claimed the address.
+    let probes = seen4.iter().filter(|(_, s)| *s == Seen::ArpProbe).count();
+    assert_eq!(probes, PROBES as usize, "{seen4:?}");
+    assert!(!seen4.iter().any(|(_, s)| *s == Seen::Garp), "{seen4:?}");
+    assert!(seen6.is_empty(), "{seen6:?}");
+}
+
+#[test]
+fn probe_follows_what_the_kernel_holds() {
+    let net = Pair::new();
+    let (a, b) = (net.a.clone(), net.b.clone());
+    run_in(&net.a, move || async move {
+        let d4 = driver("10.77.0.100/24", "eth0", 0);
+        let d6 = driver("fd77::100/64", "eth0", 0);
+        let (c4, c6) = (ctx("vip4", TIMEOUT), ctx("vip6", TIMEOUT));
+        assert_eq!(d4.start(&c4).await, ActionOutcome::Ok);
+        assert_eq!(d6.start(&c6).await, ActionOutcome::Ok);
+
+        // `ip addr del` drops either family.
+        ip(&["-n", &a, "addr", "del", "10.77.0.100/24", "dev", "eth0"]);
+        assert_eq!(d4.probe(&c4).await, Probe::Stopped);
+        assert_eq!(d4.start(&c4).await, ActionOutcome::Ok);
+        // A link set down drops the IPv6 address (keep_addr_on_down = 0),
+        // not the IPv4 one.
+        ip(&["-n", &a, "link", "set", "eth0", "down"]);
+        ip(&["-n", &a, "link", "set", "eth0", "up"]);
+        assert_eq!(d6.probe(&c6).await, Probe::Stopped);
+        assert_eq!(d4.probe(&c4).await, Probe::Running);
+
+        // Added behind the driver's back while another node holds it: the
+        // kernel's DAD fails and keeps the entry, unusable.
+        ip(&[
+            "-n",
+            &b,
+            "addr",
+            "add",
+            "fd77::100/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&["-n", &a, "addr", "add", "fd77::100/64", "dev", "eth0"]);
+        let started = Instant::now();
+        loop {
+            match d6.probe(&c6).await {
+                Probe::Failed(why) => {
+                    assert!(why.contains("duplicate address detection failed"), "{why}");
+                    break;
+                }
+                Probe::Running => {
+                    // Tentative while DAD runs: present, so not stopped.
+                    assert!(
+                        started.elapsed() < Duration::from_secs(2),
+                        "DAD never failed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+}

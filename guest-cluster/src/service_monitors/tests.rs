@@ -397,6 +397,16 @@ fn http(
     body_contains: Option<&str>,
     insecure: bool,
 ) -> HttpMonitorDriver {
+    http_built(url, expect_status, body_contains, insecure)
+        .unwrap_or_else(|e| panic!("http monitor for {url}: {e}"))
+}
+
+fn http_built(
+    url: &str,
+    expect_status: u16,
+    body_contains: Option<&str>,
+    insecure: bool,
+) -> Result<HttpMonitorDriver, SetupError> {
     HttpMonitorDriver::new(
         "web",
         "front",
@@ -553,24 +563,19 @@ async fn https_with_a_self_signed_certificate_needs_insecure() {
     assert_eq!(server.hits("/ok"), 1);
 }
 
-#[tokio::test]
-async fn http_bad_urls_fail_every_check() {
-    let message = failed(
-        http("http://exa mple/", 200, None, false)
-            .check(Duration::from_secs(1))
-            .await,
-    );
+#[test]
+fn http_bad_urls_are_refused_when_the_monitor_is_built() {
+    let refused = |url: &str| match http_built(url, 200, None, false) {
+        Ok(m) => panic!("{url} was accepted: {m:?}"),
+        Err(e) => e.to_string(),
+    };
+    let message = refused("http://exa mple/");
     assert!(
         message.starts_with("the url `http://exa mple/` is not valid"),
         "{message}"
     );
-    let message = failed(
-        http("ftp://localhost/", 200, None, false)
-            .check(Duration::from_secs(1))
-            .await,
-    );
     assert_eq!(
-        message,
+        refused("ftp://localhost/"),
         "the url `ftp://localhost/` is not http:// or https://"
     );
 }
@@ -709,6 +714,7 @@ impl Postgres {
                 query: query.to_owned(),
             },
         )
+        .unwrap_or_else(|e| panic!("pgsql monitor: {e}"))
     }
 
     /// An administrative session over the Unix socket (trust).
@@ -784,7 +790,8 @@ async fn pgsql_against_a_real_server() {
             password_file: None,
             query: "SELECT now()".into(),
         },
-    );
+    )
+    .unwrap_or_else(|e| panic!("pgsql monitor: {e}"));
     let check = std::time::Instant::now();
     assert_eq!(socket.check(t).await, CheckOutcome::Ok);
     let socket_check = check.elapsed();
@@ -892,24 +899,37 @@ async fn pgsql_against_a_real_server() {
     );
 }
 
-#[tokio::test]
-async fn pgsql_bad_connection_strings_fail_every_check() {
-    let monitor = PgsqlMonitorDriver::new(
+#[test]
+fn pgsql_bad_connection_strings_are_refused_when_the_monitor_is_built() {
+    let refused = |connection: &str| match PgsqlMonitorDriver::new(
         "db",
         "answers",
         &conf::PgsqlMonitor {
-            connection: "host=127.0.0.1 sslmode=verify-full".into(),
+            connection: connection.into(),
             password_file: None,
             query: "SELECT now()".into(),
         },
-    );
-    let message = failed(monitor.check(Duration::from_secs(1)).await);
+    ) {
+        Ok(m) => panic!("{connection} was accepted: {m:?}"),
+        Err(e) => e.to_string(),
+    };
+    let message = refused("host=127.0.0.1 sslmode=verify-full");
     assert!(
         message.starts_with("the connection string is not valid: "),
         "{message}"
     );
     assert!(
         message.contains("verify-ca and verify-full are not supported"),
+        "{message}"
+    );
+    let message = refused("host=127.0.0.1 port=five");
+    assert!(
+        message.starts_with("the connection string is not valid: "),
+        "{message}"
+    );
+    let message = refused("host='127.0.0.1");
+    assert!(
+        message.starts_with("the connection string is not valid: "),
         "{message}"
     );
 }
