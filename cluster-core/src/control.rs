@@ -189,6 +189,44 @@ pub fn engine_status(core: &CoreStatus, names: &[String]) -> EngineStatus {
     }
 }
 
+/// Per node with a capacity budget: the budget and what the newest
+/// placement (as `core` has it) puts there, by the groups' demands.
+pub fn capacity_status(
+    config: &conf::Config,
+    core: Option<&CoreStatus>,
+) -> Vec<crate::status::NodeCapacity> {
+    let topo = crate::placement::Topology::from_config(config);
+    let assignments = core
+        .and_then(|c| c.published.as_ref())
+        .map(|p| p.groups.as_slice())
+        .unwrap_or_default();
+    topo.nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(n, name)| {
+            let budget = topo.capacity.get(n).copied().flatten()?;
+            let mut used = crate::placement::Demand::default();
+            let mut groups = 0;
+            for (g, a) in assignments.iter().enumerate() {
+                if a.node.map(usize::from) == Some(n)
+                    && let Some(spec) = topo.groups.get(g)
+                {
+                    used = used.plus(spec.demand);
+                    groups += 1;
+                }
+            }
+            Some(crate::status::NodeCapacity {
+                node: name.clone(),
+                memory_mib: budget.memory_mib,
+                vcpus: budget.vcpus,
+                used_memory_mib: used.memory_mib,
+                used_vcpus: used.vcpus,
+                groups,
+            })
+        })
+        .collect()
+}
+
 /// A run state as status shows it.
 pub fn run_state_name(s: RunState) -> &'static str {
     match s {

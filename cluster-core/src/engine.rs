@@ -1,6 +1,7 @@
-//! The engine a daemon runs: membership now; quorum, fencing and placement
-//! as they land. It turns membership changes into events and gives the
-//! daemon's services a view of the cluster for status.
+//! The engine a daemon runs: membership, the guard (quorum, fencing,
+//! watchdog) and the runtime that places and runs the daemon's groups
+//! through its drivers. It turns membership changes into events and gives
+//! the daemon's services a view of the cluster for status.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,15 +54,6 @@ pub enum EngineError {
     NoWatchdogDevice(String),
 }
 
-/// What a daemon runs on its node.
-#[derive(Debug)]
-pub enum Workload {
-    /// Groups placed and run by the engine, through these drivers.
-    Managed(crate::runtime::Drivers),
-    /// Only force-stopped on quorum loss (not placed by the engine yet).
-    Unmanaged(Arc<dyn LocalGroups>),
-}
-
 /// A running engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -97,7 +89,7 @@ impl Engine {
         config_file: &Path,
         node: &str,
         state_dir: &Path,
-        workload: Workload,
+        drivers: crate::runtime::Drivers,
     ) -> Result<Arc<Self>, EngineError> {
         let state_err = |source| EngineError::State {
             path: state_dir.display().to_string(),
@@ -157,18 +149,14 @@ impl Engine {
             }
         });
         let config = Arc::new(config.clone());
-        let (groups, managed): (Arc<dyn LocalGroups>, _) = match workload {
-            Workload::Unmanaged(g) => (g, None),
-            Workload::Managed(drivers) => {
-                let drivers = Arc::new(drivers);
-                let groups = Arc::new(crate::runtime::RuntimeGroups::new(
-                    config.clone(),
-                    node.to_owned(),
-                    drivers.clone(),
-                ));
-                (groups.clone(), Some((groups, drivers)))
-            }
-        };
+        let drivers = Arc::new(drivers);
+        let runtime_groups = Arc::new(crate::runtime::RuntimeGroups::new(
+            config.clone(),
+            node.to_owned(),
+            drivers.clone(),
+        ));
+        let groups: Arc<dyn LocalGroups> = runtime_groups.clone();
+        let managed = Some((runtime_groups, drivers));
         let (guard, disarm) = guard::spawn(GuardParts {
             config: config.clone(),
             me,

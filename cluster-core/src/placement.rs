@@ -36,6 +36,11 @@ pub struct Demand {
 }
 
 impl Demand {
+    /// Both demands together.
+    pub fn plus(self, other: Self) -> Self {
+        self.add(other)
+    }
+
     fn add(self, other: Self) -> Self {
         Self {
             memory_mib: self.memory_mib.saturating_add(other.memory_mib),

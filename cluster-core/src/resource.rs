@@ -127,6 +127,12 @@ pub trait ResourceDriver: Send + Sync + fmt::Debug {
     fn stop<'a>(&'a self, ctx: &'a ActionContext) -> BoxFuture<'a, ActionOutcome>;
     /// Find out whether it runs here, within `ctx.timeout`.
     fn probe<'a>(&'a self, ctx: &'a ActionContext) -> BoxFuture<'a, Probe>;
+    /// Stop it as fast as possible, because this node lost quorum and
+    /// someone else may soon take it over: no grace period (a VM is
+    /// destroyed, not shut down). By default the same as [`Self::stop`].
+    fn force_stop<'a>(&'a self, ctx: &'a ActionContext) -> BoxFuture<'a, ActionOutcome> {
+        self.stop(ctx)
+    }
 }
 
 /// One configured monitor on this node.

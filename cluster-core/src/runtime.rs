@@ -652,7 +652,7 @@ impl LocalGroups for RuntimeGroups {
                             previous_owner_fenced: false,
                             timeout: res.stop_timeout.get(),
                         };
-                        let outcome = d.stop(&ctx).await;
+                        let outcome = d.force_stop(&ctx).await;
                         if !outcome.is_ok() {
                             tracing::error!(group = %group.name, resource = %res.name, ?outcome, "force-stop failed; the watchdog lease is the backstop");
                         }

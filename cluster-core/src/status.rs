@@ -36,6 +36,27 @@ pub struct NodeStatus {
     /// Host daemons: this host's hypervisor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<HypervisorStatus>,
+    /// Nodes with a capacity budget (hosts): the budget and what the
+    /// newest placement puts on each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacity: Vec<NodeCapacity>,
+}
+
+/// One node's capacity budget and its use by the newest placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCapacity {
+    /// Node name.
+    pub node: String,
+    /// Memory budget in MiB.
+    pub memory_mib: u64,
+    /// vCPU budget.
+    pub vcpus: u32,
+    /// Memory the groups placed on it need, in MiB.
+    pub used_memory_mib: u64,
+    /// vCPUs the groups placed on it need.
+    pub used_vcpus: u32,
+    /// Groups placed on it.
+    pub groups: usize,
 }
 
 /// How a member looks from the reporting node.

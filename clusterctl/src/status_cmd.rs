@@ -236,6 +236,23 @@ pub(crate) fn render(s: &NodeStatus) -> String {
             let _ = writeln!(out, "    {:<14} {:<12} {state}", r.name, r.kind);
         }
     }
+    if !s.capacity.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nCapacity (newest placement)\n  {:<12} {:>6} {:>17} {:>17} {:>11}",
+            "node", "groups", "memory used/MiB", "memory free/MiB", "vcpus u/f"
+        );
+        for c in &s.capacity {
+            let used = format!("{}/{}", c.used_memory_mib, c.memory_mib);
+            let free = c.memory_mib.saturating_sub(c.used_memory_mib);
+            let vcpus = format!("{}/{}", c.used_vcpus, c.vcpus.saturating_sub(c.used_vcpus));
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>6} {:>17} {:>17} {:>11}",
+                c.node, c.groups, used, free, vcpus
+            );
+        }
+    }
     if let Some(hv) = &s.hypervisor {
         let conn = if hv.connected {
             "connected"

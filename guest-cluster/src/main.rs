@@ -62,7 +62,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &start.config_file,
         &start.node,
         &start.state_dir,
-        cluster_core::engine::Workload::Managed(drivers),
+        drivers,
     )
     .context("cannot start the cluster engine")?;
     let shutdown_engine = engine.clone();

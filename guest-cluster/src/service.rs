@@ -58,6 +58,7 @@ impl GuestService {
                 .runtime()
                 .map(|rt| cluster_core::control::engine_status(&rt.status(), rt.names())),
             hypervisor: None,
+            capacity: Vec::new(),
         }
     }
 }

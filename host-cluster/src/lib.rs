@@ -6,6 +6,5 @@
 pub mod drivers;
 pub mod hypervisor;
 pub mod libvirt_events;
-pub mod local;
 pub mod service;
 pub mod vm;

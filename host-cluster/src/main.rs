@@ -1,6 +1,7 @@
 //! `host-clusterd`: see the crate documentation of `host_cluster`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -27,9 +28,24 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args))
 }
 
+/// Longest a domain XML on shared storage may take to read at start.
+const XML_READ_LIMIT: Duration = Duration::from_secs(10);
+
 async fn run(args: Args) -> anyhow::Result<()> {
     daemon::init_logging(args.daemon.log_format);
-    let start = daemon::startup(&args.daemon, conf::ClusterKind::Host)?;
+    let mut start = daemon::startup(&args.daemon, conf::ClusterKind::Host)?;
+    // What each VM needs of a host, for placement: from its domain XML
+    // unless the configuration says it.
+    if let Err(problems) = host_cluster::vm::fill_needs(&mut start.config, XML_READ_LIMIT).await {
+        let list: Vec<String> = problems
+            .iter()
+            .map(|(vm, e)| format!("  resource `{vm}`: {e}"))
+            .collect();
+        anyhow::bail!(
+            "cannot read what the VMs need of a host (set `memory_mib` and `vcpus` on the resource, or fix the domain XML):\n{}",
+            list.join("\n")
+        );
+    }
     let node = start
         .config
         .node(&start.node)
@@ -56,10 +72,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &start.config_file,
         &start.node,
         &start.state_dir,
-        cluster_core::engine::Workload::Unmanaged(Arc::new(host_cluster::local::HostVms::new(
-            &start.config,
-            hypervisor.clone(),
-        ))),
+        host_cluster::drivers::build(&start.config, &start.node, &hypervisor),
     )
     .context("cannot start the cluster engine")?;
     let shutdown_engine = engine.clone();

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use cluster_core::api::{self, ApiError, Handler, Request, Response};
 use cluster_core::engine::Engine;
-use cluster_core::status::{DomainStatus, HypervisorStatus, NodeStatus, ResourceState};
+use cluster_core::status::{DomainStatus, HypervisorStatus, NodeStatus};
 use conf::ResourceKind;
 
 use crate::hypervisor::Hypervisor;
@@ -42,7 +42,12 @@ impl HostService {
 
     async fn status(&self) -> NodeStatus {
         let members = self.engine.members();
-        let mut groups = cluster_core::status::configured_groups(&self.config);
+        let core = self
+            .engine
+            .runtime()
+            .map(cluster_core::runtime::Runtime::status);
+        let groups = cluster_core::control::group_status(&self.config, &self.node, core.as_ref());
+        let capacity = cluster_core::control::capacity_status(&self.config, core.as_ref());
         let domains = self.hypervisor.inventory().await;
         let vm_names: Vec<&str> = self
             .config
@@ -73,17 +78,6 @@ impl HostService {
                 domains: Vec::new(),
             },
         };
-        // A VM resource's state on this host, from libvirt; unknown while
-        // libvirt cannot be reached.
-        if let Ok(list) = &domains {
-            for res in groups.iter_mut().flat_map(|g| g.resources.iter_mut()) {
-                res.state = match list.iter().find(|d| d.name == res.name).map(|d| d.state) {
-                    Some("running" | "blocked") => ResourceState::Running,
-                    Some("crashed" | "paused") => ResourceState::Failed,
-                    Some(_) | None => ResourceState::Stopped,
-                };
-            }
-        }
         NodeStatus {
             cluster: self.config.cluster.name.clone(),
             kind: self.config.cluster.kind,
@@ -101,6 +95,7 @@ impl HostService {
                 .runtime()
                 .map(|rt| cluster_core::control::engine_status(&rt.status(), rt.names())),
             hypervisor: Some(hypervisor),
+            capacity,
         }
     }
 }

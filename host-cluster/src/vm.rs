@@ -256,6 +256,38 @@ async fn read_domain_xml(
     Ok((xml, needs))
 }
 
+/// Fill in the memory and vCPUs of every `vm` resource of `config` that
+/// does not give them, from its domain XML (each read bounded by
+/// `limit`), so that placement counts them against the hosts' capacity.
+/// Also checks that each XML names the resource's domain. Every problem is
+/// returned, with its resource.
+pub async fn fill_needs(
+    config: &mut conf::Config,
+    limit: Duration,
+) -> Result<(), Vec<(String, VmError)>> {
+    let mut problems = Vec::new();
+    for res in config.groups.iter_mut().flat_map(|g| g.resources.iter_mut()) {
+        let conf::ResourceKind::Vm(vm) = &mut res.kind else {
+            continue;
+        };
+        if vm.memory_mib.is_some() && vm.vcpus.is_some() {
+            continue;
+        }
+        match read_domain_xml(&vm.domain_xml, &res.name, limit).await {
+            Ok((_, needs)) => {
+                vm.memory_mib.get_or_insert(needs.memory_mib);
+                vm.vcpus.get_or_insert(needs.vcpus);
+            }
+            Err(e) => problems.push((res.name.clone(), e)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 /// Why a VM is paused, as the cluster sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PauseKind {
@@ -725,6 +757,39 @@ impl VmDriver {
         }
     }
 
+    async fn destroy_now(&self, ctx: &ActionContext) -> ActionOutcome {
+        let name = self.name.clone();
+        let destroyed = self
+            .hypervisor
+            .call(move |c| match vm_status(c, &name) {
+                Ok(s) if s.is_gone() => Ok(s),
+                _ => destroy_on(c, &name),
+            })
+            .await;
+        match destroyed {
+            Ok(Ok(status)) if status.is_gone() => {
+                tracing::warn!(group = %ctx.group, vm = %self.name, "VM destroyed: this host has no quorum");
+                ActionOutcome::Ok
+            }
+            Ok(Ok(status)) => ActionOutcome::Failed {
+                message: format!(
+                    "`{}` is still {} after being destroyed",
+                    self.name,
+                    status.describe()
+                ),
+                hard: false,
+            },
+            Ok(Err(e)) => ActionOutcome::Failed {
+                message: format!("cannot destroy `{}`: {e}", self.name),
+                hard: false,
+            },
+            Err(e) => ActionOutcome::Failed {
+                message: format!("cannot destroy `{}`: {e}", self.name),
+                hard: false,
+            },
+        }
+    }
+
     /// Wait until the VM is gone (or shut off), looking at its state on
     /// each of its lifecycle events and every [`STOP_POLL`]; `Err` with
     /// the last state seen when `until` comes first.
@@ -789,6 +854,18 @@ impl ResourceDriver for VmDriver {
                 .await
                 .unwrap_or(ActionOutcome::TimedOut);
             log_outcome(ctx, &self.name, "stop", &outcome);
+            outcome
+        })
+    }
+
+    fn force_stop<'a>(&'a self, ctx: &'a ActionContext) -> BoxFuture<'a, ActionOutcome> {
+        Box::pin(async move {
+            // No ACPI shutdown: the guest must stop writing to shared
+            // storage before another host may start it.
+            let outcome = tokio::time::timeout(ctx.timeout, self.destroy_now(ctx))
+                .await
+                .unwrap_or(ActionOutcome::TimedOut);
+            log_outcome(ctx, &self.name, "force-stop", &outcome);
             outcome
         })
     }

@@ -41,6 +41,8 @@ pub struct Spec {
     /// driver file `{dir}/n{k}.xml`, which `prepare` writes) instead of a
     /// guest cluster.
     pub host: bool,
+    /// Host clusters: every host's `capacity` (memory MiB, vCPUs).
+    pub capacity: Option<(u64, u32)>,
 }
 
 impl Default for Spec {
@@ -56,8 +58,18 @@ impl Default for Spec {
             bystanders: 0,
             watchdog: "kind = \"none\"".into(),
             host: false,
+            capacity: None,
         }
     }
+}
+
+/// The domain XML of a test-driver VM `name` with `memory_mib` and `vcpus`
+/// (for a `vm` resource's `domain_xml`).
+pub fn test_domain_xml(name: &str, memory_mib: u64, vcpus: u32) -> String {
+    format!(
+        "<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>\
+         <vcpu>{vcpus}</vcpu><os><type>hvm</type></os></domain>\n"
+    )
 }
 
 /// A libvirt test-driver host description running `domains` (each with
@@ -132,7 +144,8 @@ impl Cluster {
         format!("n{k}")
     }
 
-    fn socket(&self, k: usize) -> PathBuf {
+    /// Node `k`'s control socket.
+    pub fn socket(&self, k: usize) -> PathBuf {
         self.dir.path().join(format!("n{k}.sock"))
     }
 
@@ -313,6 +326,12 @@ fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
         );
         if spec.host {
             let _ = writeln!(t, "libvirt_uri = \"test://{}/n{k}.xml\"", dir.display());
+        }
+        if let Some((memory_mib, vcpus)) = spec.capacity {
+            let _ = writeln!(
+                t,
+                "capacity = {{ memory_mib = {memory_mib}, vcpus = {vcpus} }}"
+            );
         }
         t.push('\n');
     }
