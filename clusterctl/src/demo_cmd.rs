@@ -12,6 +12,9 @@ use anyhow::{Context, bail};
 use cluster_core::status::MemberState;
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod guests;
+mod netns;
+
 /// The embedded demo configuration (also `conf/examples/demo-hosts.toml`).
 const DEMO_CONFIG: &str = include_str!("../../conf/examples/demo-hosts.toml");
 /// The embedded guest demo configuration (also `conf/examples/demo-guests.toml`).
@@ -31,12 +34,10 @@ impl Drop for Daemons {
     }
 }
 
-/// A started cluster: its daemons and their control sockets.
+/// A started cluster: its configuration, daemons and first statuses.
 struct Started {
     config: conf::Config,
-    config_path: PathBuf,
     daemons: Daemons,
-    sockets: Vec<(String, PathBuf)>,
     statuses: Vec<cluster_core::status::NodeStatus>,
 }
 
@@ -80,9 +81,7 @@ fn start_cluster(
     bar.finish_and_clear();
     Ok(Started {
         config,
-        config_path,
         daemons,
-        sockets,
         statuses,
     })
 }
@@ -144,6 +143,8 @@ fn wait_joined(
 }
 
 pub(crate) fn run(dir: &Path, keep_running: bool, json: bool) -> anyhow::Result<ExitCode> {
+    // One demo at a time on a machine: fixed ports and namespace names.
+    let _lock = netns::DemoLock::take()?;
     let (hosts_config, guests_config) = prepare(dir)?;
     let mut hosts = start_cluster(dir, hosts_config, "host-clusterd", "host daemons")?;
     if !json {
@@ -171,7 +172,7 @@ pub(crate) fn run(dir: &Path, keep_running: bool, json: bool) -> anyhow::Result<
     }
     stop(&mut hosts.daemons)?;
 
-    let failover = guest_failover(dir, guests_config, json)?;
+    let failover = guests::failover(dir, guests_config, json)?;
     if json {
         println!(
             "{}",
@@ -186,212 +187,16 @@ pub(crate) fn run(dir: &Path, keep_running: bool, json: bool) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo application: one long-running process per node with a pid
-/// file (`status` exits 7 when it is gone, as OCF agents do).
-const DEMO_APP: &str = r#"#!/bin/sh
-pidf=DIR/app.$KVMHA_NODE.pid
-alive() {
-    [ -f "$pidf" ] || return 1
-    s=$(awk '{print $3}' /proc/$(cat "$pidf")/stat 2>/dev/null)
-    [ -n "$s" ] && [ "$s" != Z ]
-}
-case "$1" in
-start) alive && exit 0
-       sleep 100000 </dev/null >/dev/null 2>&1 &
-       echo $! > "$pidf"
-       echo "started on $KVMHA_NODE ($KVMHA_REASON, previous owner: ${KVMHA_PREVIOUS_OWNER:-none})" ;;
-stop)  if alive; then kill $(cat "$pidf"); fi; rm -f "$pidf" ;;
-status) alive || exit 7 ;;
-esac
-"#;
-
-/// The pid of the demo application on `node`, if it lives.
-fn app_pid(dir: &Path, node: &str) -> Option<u32> {
-    let pid: u32 = fs::read_to_string(dir.join(format!("app.{node}.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
-    (state != "Z").then_some(pid)
-}
-
-/// Where the demo application runs.
-fn app_nodes(dir: &Path, config: &conf::Config) -> Vec<String> {
-    config
-        .nodes
-        .iter()
-        .filter(|n| app_pid(dir, &n.name).is_some())
-        .map(|n| n.name.clone())
-        .collect()
-}
-
-fn wait_app_on(
-    dir: &Path,
-    config: &conf::Config,
-    node: &str,
-    timeout: Duration,
-) -> anyhow::Result<Duration> {
-    let t0 = Instant::now();
-    loop {
-        let on = app_nodes(dir, config);
-        if on == [node] {
-            return Ok(t0.elapsed());
-        }
-        if on.len() > 1 {
-            bail!(
-                "the application runs on {} at once: a safety rule broke",
-                on.join(" and ")
-            );
-        }
-        if t0.elapsed() > timeout {
-            bail!("the application did not run on {node} within {timeout:?} (it runs on {on:?})");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Act two: three guest daemons run an application; the active one's
-/// daemon is killed; the lease expires and the next node takes over.
-fn guest_failover(
-    dir: &Path,
-    config_path: PathBuf,
-    json: bool,
-) -> anyhow::Result<serde_json::Value> {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    let mut guests = start_cluster(dir, config_path, "guest-clusterd", "guest daemons")?;
-    let config = guests.config.clone();
-    wait_app_on(dir, &config, "g1", Duration::from_secs(20))?;
-    if !json {
-        println!(
-            "Guest cluster `{}`: `app` runs on g1 (pid {}). Killing g1's daemon with SIGKILL...",
-            config.cluster.name,
-            app_pid(dir, "g1").unwrap_or(0)
-        );
-    }
-    let killed_at = cluster_core::events::now_ms();
-    let t0 = Instant::now();
-    if let Some((_, child)) = guests.daemons.0.iter_mut().find(|(n, _)| n == "g1") {
-        let pid = i32::try_from(child.id()).context("pid")?;
-        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
-        let _ = child.wait();
-    }
-    wait_app_on(dir, &config, "g2", Duration::from_secs(20))?;
-    let took = t0.elapsed();
-    let socket = guests
-        .sockets
-        .iter()
-        .find(|(n, _)| n == "g2")
-        .map(|(_, s)| s.clone())
-        .context("g2's socket")?;
-    // The process is up before the start script returns: wait (5 s at
-    // most) until g2 reports the group running, so the timeline is whole.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline
-        && !crate::status_cmd::fetch(&socket).is_ok_and(|s| {
-            s.groups
-                .iter()
-                .any(|g| g.name == "app" && g.owner.as_deref() == Some("g2"))
-        })
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let client = crate::target::Client::new(&crate::target::Target::socket(socket.clone()))?;
-    let events = match client.call(&cluster_core::api::Request::Events {
-        since_ms: Some(killed_at),
-        limit: None,
-    })? {
-        cluster_core::api::Response::Events(e) => e,
-        other => return Err(crate::target::unexpected(&other)),
-    };
-    let shown = [
-        "peer_lost",
-        "lease_wait",
-        "takeover_allowed",
-        "group_placed",
-        "group_starting",
-        "group_running",
-    ];
-    let timeline: Vec<serde_json::Value> = events
-        .into_iter()
-        .filter(|e| e["kind"].as_str().is_some_and(|k| shown.contains(&k)))
-        .collect();
-    let status = crate::status_cmd::fetch(&socket)?;
-    if !json {
-        println!(
-            "\n`app` runs on g2, {} ms after the kill (heartbeat timeout 500 ms, lease 1 s + 300 ms margin):",
-            took.as_millis()
-        );
-        for e in &timeline {
-            let at = e["ts_ms"]
-                .as_u64()
-                .unwrap_or(killed_at)
-                .saturating_sub(killed_at);
-            let detail = ["peer", "wait_ms", "by", "node", "reason"]
-                .iter()
-                .filter_map(|k| {
-                    e.get(*k).filter(|v| !v.is_null()).map(|v| {
-                        format!(
-                            "{k}={}",
-                            v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                        )
-                    })
-                })
-                .collect::<Vec<_>>()
-                .join(" ");
-            println!(
-                "  +{at:>5} ms  {:<18} {detail}",
-                e["kind"].as_str().unwrap_or("?")
-            );
-        }
-        println!("\n{}", crate::status_cmd::render(&status));
-    }
-    // g1 comes back: fail-back is manual, so `app` stays on g2.
-    let daemon = sibling_binary("guest-clusterd")?;
-    let child = spawn_daemon(dir, &daemon, &guests.config_path, "g1")?;
-    if let Some(slot) = guests.daemons.0.iter_mut().find(|(n, _)| n == "g1") {
-        slot.1 = child;
-    }
-    let g1_socket = dir.join("g1.sock");
-    wait_joined(dir, &mut guests.daemons, "g1", &g1_socket)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let on = app_nodes(dir, &config);
-    if on != ["g2"] {
-        bail!("after g1 came back, `app` runs on {on:?}, not on g2 alone");
-    }
-    if !json {
-        println!(
-            "g1 is back; fail-back is manual, so `app` stays on g2 (`clusterctl group move app g1` would move it).\n"
-        );
-    }
-    stop(&mut guests.daemons)?;
-    Ok(serde_json::json!({
-        "takeover_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-        "timeline": timeline,
-        "status": status,
-    }))
-}
-
-/// Write the demo's configurations, key and application script into
-/// `dir`; returns the hosts' and the guests' configuration paths.
+/// Write the demo's configurations and key into `dir` (act two writes
+/// its scripts itself); returns the hosts' and the guests' configuration
+/// paths.
 fn prepare(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    use std::os::unix::fs::PermissionsExt as _;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let here = dir.display().to_string();
     let hosts = dir.join("demo-hosts.toml");
     fs::write(&hosts, DEMO_CONFIG.replace(DEMO_DIR, &here))?;
     let guests = dir.join("demo-guests.toml");
     fs::write(&guests, DEMO_GUESTS.replace(DEMO_DIR, &here))?;
-    let app = dir.join("app");
-    fs::write(&app, DEMO_APP.replace("DIR", &here))?;
-    fs::set_permissions(&app, fs::Permissions::from_mode(0o755))?;
-    for f in fs::read_dir(dir)?.flatten() {
-        if f.file_name().to_string_lossy().starts_with("app.") {
-            let _ = fs::remove_file(f.path());
-        }
-    }
     let _ = fs::remove_dir_all(dir.join("state"));
     let key: [u8; 32] = rand::random();
     let mut f = fs::OpenOptions::new()
