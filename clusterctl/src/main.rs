@@ -103,13 +103,15 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Start a demo cluster on this machine (libvirt's test driver and
-    /// loopback addresses), show its status, and stop it.
+    /// Run the demo on this machine (root): host daemons with libvirt's
+    /// test driver on loopback addresses, then guest daemons in network
+    /// namespaces failing a web service with floating addresses over.
     Demo {
         /// Directory for the demo's configuration, keys, sockets and logs.
         #[arg(long, default_value = "/tmp/kvmha-demo")]
         dir: PathBuf,
-        /// Leave the daemons running (stop them with `pkill host-clusterd`).
+        /// Leave the host daemons of act one running and stop there (stop
+        /// them with `pkill host-clusterd`).
         #[arg(long)]
         keep_running: bool,
     },
