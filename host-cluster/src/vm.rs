@@ -266,7 +266,11 @@ pub async fn fill_needs(
     limit: Duration,
 ) -> Result<(), Vec<(String, VmError)>> {
     let mut problems = Vec::new();
-    for res in config.groups.iter_mut().flat_map(|g| g.resources.iter_mut()) {
+    for res in config
+        .groups
+        .iter_mut()
+        .flat_map(|g| g.resources.iter_mut())
+    {
         let conf::ResourceKind::Vm(vm) = &mut res.kind else {
             continue;
         };

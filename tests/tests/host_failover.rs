@@ -60,10 +60,24 @@ fn vms() -> Vec<Vm> {
         v.push(vm(format!("f0-{i}"), 512, 1, n0, "manual", None));
     }
     for i in 1..=6 {
-        v.push(vm(format!("f1-{i}"), 512, 1, r#"["n1", "n2", "n0"]"#, "manual", None));
+        v.push(vm(
+            format!("f1-{i}"),
+            512,
+            1,
+            r#"["n1", "n2", "n0"]"#,
+            "manual",
+            None,
+        ));
     }
     for i in 1..=6 {
-        v.push(vm(format!("f2-{i}"), 512, 1, r#"["n2", "n1", "n0"]"#, "manual", None));
+        v.push(vm(
+            format!("f2-{i}"),
+            512,
+            1,
+            r#"["n2", "n1", "n0"]"#,
+            "manual",
+            None,
+        ));
     }
     v
 }
@@ -99,7 +113,8 @@ fn running(sockets: &[PathBuf]) -> BTreeMap<String, BTreeSet<String>> {
     };
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (k, socket) in sockets.iter().enumerate() {
-        let Ok(Response::Status(s)) = rt.block_on(cluster_core::api::call(socket, &Request::Status))
+        let Ok(Response::Status(s)) =
+            rt.block_on(cluster_core::api::call(socket, &Request::Status))
         else {
             continue;
         };

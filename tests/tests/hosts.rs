@@ -39,9 +39,11 @@ fn a_host_that_loses_quorum_destroys_its_vms_at_once() {
     }));
     ok(c.wait_converged(Duration::from_secs(10)));
     // The cluster starts vm-c on its preferred host.
-    ok(testbed::wait_until("vm-c running on n2", Duration::from_secs(10), || {
-        vm_state(&c, 2, "vm-c").as_deref() == Some("running")
-    }));
+    ok(testbed::wait_until(
+        "vm-c running on n2",
+        Duration::from_secs(10),
+        || vm_state(&c, 2, "vm-c").as_deref() == Some("running"),
+    ));
 
     ok(c.net.partition(&[0, 1], &[2]));
     let stopped = ok(
