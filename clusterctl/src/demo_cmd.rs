@@ -13,6 +13,7 @@ use cluster_core::status::MemberState;
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod guests;
+mod hosts;
 mod netns;
 
 /// The embedded demo configuration (also `conf/examples/demo-hosts.toml`).
@@ -146,18 +147,18 @@ pub(crate) fn run(dir: &Path, keep_running: bool, json: bool) -> anyhow::Result<
     // One demo at a time on a machine: fixed ports and namespace names.
     let _lock = netns::DemoLock::take()?;
     let (hosts_config, guests_config) = prepare(dir)?;
+    hosts::prepare(
+        dir,
+        &conf::load(&hosts_config).context("the demo configuration")?,
+    )?;
     let mut hosts = start_cluster(dir, hosts_config, "host-clusterd", "host daemons")?;
-    if !json {
-        println!(
-            "Demo cluster `{}`: {} host daemons running on this machine.\n",
-            hosts.config.cluster.name,
-            hosts.statuses.len()
-        );
-        for s in &hosts.statuses {
-            println!("{}", crate::status_cmd::render(s));
-        }
-    }
+    hosts::write_pids(dir, &hosts)?;
     if keep_running {
+        if !json {
+            for s in &hosts.statuses {
+                println!("{}", crate::status_cmd::render(s));
+            }
+        }
         for (name, child) in std::mem::take(&mut hosts.daemons.0) {
             eprintln!(
                 "{name}: pid {} (socket {})",
@@ -170,6 +171,9 @@ pub(crate) fn run(dir: &Path, keep_running: bool, json: bool) -> anyhow::Result<
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let host_failover = hosts::failover(dir, &mut hosts, json)?;
+    // The killed host's daemon is gone already: stop the others.
+    hosts.daemons.0.retain(|(name, _)| name != hosts::VICTIM);
     stop(&mut hosts.daemons)?;
 
     let failover = guests::failover(dir, guests_config, json)?;
@@ -178,6 +182,7 @@ pub(crate) fn run(dir: &Path, keep_running: bool, json: bool) -> anyhow::Result<
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "hosts": hosts.statuses,
+                "host_failover": host_failover,
                 "guest_failover": failover,
             }))?
         );

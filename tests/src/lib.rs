@@ -88,6 +88,14 @@ pub fn demo_config(dir: &Path) -> PathBuf {
     let path = dir.join("demo-hosts.toml");
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
     write_key(&dir.join("demo.key"));
+    // The daemon checks at start that its fence agent exists; tests on
+    // this copy never fence, and an agent that is used fails (safe).
+    let agent = dir.join("fence-demo-host");
+    std::fs::write(&agent, "#!/bin/sh\necho 'not a fence device' >&2\nexit 1\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
     path
 }
 

@@ -232,7 +232,7 @@ fn status_of_an_absent_daemon_says_so_and_exits_1() {
 }
 
 #[test]
-fn the_demo_starts_two_hosts_reports_and_stops() {
+fn the_demo_fails_vms_and_a_web_service_over_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let d = dir.path().display().to_string();
     let out = run("clusterctl", &["--json", "demo", "--dir", &d]);
@@ -291,7 +291,31 @@ fn the_demo_starts_two_hosts_reports_and_stops() {
         .as_array()
         .map(|a| a.iter().filter_map(|s| s["node"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(nodes, ["host-a", "host-b"]);
+    assert_eq!(nodes, ["host-a", "host-b", "host-c"]);
+    // Act one: host-a's daemon (and its hypervisor) killed; db restarts on
+    // host-c (host-b is full), web1 fits nowhere and stays down, saying why.
+    let hosts = &demo["host_failover"];
+    assert_eq!(hosts["killed"], "host-a", "{hosts}");
+    assert_eq!(hosts["before"]["db"], serde_json::json!(["host-a"]), "{hosts}");
+    assert_eq!(hosts["after"]["db"], serde_json::json!(["host-c"]), "{hosts}");
+    assert!(hosts["after"].get("web1").is_none(), "{hosts}");
+    let down = hosts["down"].as_array().cloned().unwrap_or_default();
+    assert!(
+        down.iter().any(|d| d["group"] == "web1"
+            && d["reason"].as_str().is_some_and(|r| r.contains("lacks capacity"))),
+        "{hosts}"
+    );
+    for vm in ["web2", "batch1", "batch2", "batch3"] {
+        assert_eq!(hosts["before"][vm], hosts["after"][vm], "{vm} moved: {hosts}");
+    }
+    let kinds: Vec<&str> = hosts["timeline"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["kind"].as_str()).collect())
+        .unwrap_or_default();
+    let at = |k: &str| kinds.iter().position(|x| *x == k);
+    assert!(at("fence_succeeded") < at("takeover_allowed"), "{kinds:?}");
+    assert!(at("takeover_allowed") < at("group_running"), "{kinds:?}");
+    assert!(story.contains("Killing host-a's daemon with SIGKILL"), "{story}");
     // The demo key is private.
     use std::os::unix::fs::PermissionsExt;
     let mode =
