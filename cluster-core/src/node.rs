@@ -22,6 +22,14 @@
 //!    active group at once on the lower-priority node; run monitors and the
 //!    recovery ladder (restart here N times, then fail over M times, then
 //!    the final action).
+//! 4. **Watch**: while a group runs here, its monitors and the periodic
+//!    probes of its resources (`monitor_interval`) feed the recovery
+//!    ladder. Where the group does not run (a standby among its `nodes`),
+//!    monitors with `while_active = false` run too; one failing there
+//!    makes this node ineligible for the group (carried in the view as
+//!    [`EngineView::standby_failures`], turned by the coordinator into a
+//!    placement fact) until a check passes again. A standby that has not
+//!    completed a check is eligible: an unknown never blocks a failover.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -63,6 +71,11 @@ pub struct Assignment {
     /// when the group left it.
     #[serde(default)]
     pub previous_fenced: bool,
+    /// Nodes not eligible for it when this was published, with the
+    /// monitor that fails there (a `while_active = false` monitor failing
+    /// where the group does not run).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ineligible: BTreeMap<u16, String>,
 }
 
 /// A placement as the coordinator published it.
@@ -145,6 +158,11 @@ pub struct EngineView {
     pub maintenance: bool,
     /// This node has probed every group (it knows what runs here).
     pub settled: bool,
+    /// Groups stopped here whose `while_active = false` monitors fail here
+    /// (by group index, the failing monitors' indexes): this node is not
+    /// eligible for them until a check passes again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub standby_failures: BTreeMap<u16, Vec<u16>>,
 }
 
 /// How a resource operation ended.
@@ -312,14 +330,64 @@ enum Phase {
     StopFailed,
 }
 
+/// Why a monitor check runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CheckMode {
+    /// The group runs here: a failure feeds the recovery ladder.
+    Active,
+    /// The group does not run here (`while_active = false`): a failure
+    /// makes this node ineligible for it.
+    Standby,
+}
+
+/// One monitor's schedule here.
+#[derive(Clone, Copy, Debug, Default)]
+struct CheckSlot {
+    /// Next check due (ms).
+    due: u64,
+    /// A check in flight: why it runs, and the period
+    /// ([`LocalGroup::period`]) it belongs to. Its answer is used only in
+    /// that same period.
+    in_flight: Option<(CheckMode, u64)>,
+}
+
+/// One resource's periodic probe (`monitor_interval`) here.
+#[derive(Clone, Copy, Debug, Default)]
+struct ProbeSlot {
+    /// Next probe due (ms).
+    due: u64,
+    /// A probe in flight, with the period ([`LocalGroup::period`]) it
+    /// belongs to.
+    in_flight: Option<u64>,
+}
+
+/// A resource's periodic probe settings, as this node runs it.
+#[derive(Clone, Copy, Debug)]
+struct ProbeSpec {
+    interval: Duration,
+    timeout: Duration,
+    recovery: conf::Recovery,
+}
+
 #[derive(Clone, Debug)]
 struct LocalGroup {
     phase: Phase,
     busy: bool,
     /// When the group last reached `Running` here (ms).
     running_since: Option<u64>,
-    /// Per monitor: next check due (ms) and whether one is in flight.
-    checks: Vec<(u64, bool)>,
+    /// Counts the periods of the group here (each time it reaches
+    /// `Running`, each time this node becomes a standby for it): a check or
+    /// periodic probe answers for the period it was started in.
+    period: u64,
+    /// Per monitor: its schedule.
+    checks: Vec<CheckSlot>,
+    /// Per resource: its periodic probe's schedule.
+    probes: Vec<ProbeSlot>,
+    /// Since when this node has been a standby for the group (stopped here,
+    /// one of its nodes): `while_active = false` monitors run.
+    standby_since: Option<u64>,
+    /// The `while_active = false` monitors whose last standby check failed.
+    standby_failed: BTreeSet<usize>,
     /// Why the current start happened (for stop contexts).
     last_reason: StartReason,
 }
@@ -350,6 +418,8 @@ pub struct NodeCore {
     peer_groups: Vec<Option<(u64, Vec<bool>)>>,
     /// The facts and decision of the last coordination, for status.
     last_facts: Option<Facts>,
+    /// Per group and resource: its periodic probe, if it has one.
+    probe_specs: Vec<Vec<Option<ProbeSpec>>>,
 }
 
 fn u16_of(n: usize) -> u16 {
@@ -384,8 +454,30 @@ impl NodeCore {
                 },
                 busy: false,
                 running_since: None,
-                checks: vec![(0, false); g.monitors.len()],
+                period: 0,
+                checks: vec![CheckSlot::default(); g.monitors.len()],
+                probes: vec![ProbeSlot::default(); g.resources.len()],
+                standby_since: None,
+                standby_failed: BTreeSet::new(),
                 last_reason: StartReason::Start,
+            })
+            .collect();
+        let my_name = topo.nodes.get(me).cloned().unwrap_or_default();
+        let probe_specs = config
+            .groups
+            .iter()
+            .map(|g| {
+                g.resources
+                    .iter()
+                    .map(|r| {
+                        let r = config.resource_on(&my_name, &r.name).unwrap_or(r);
+                        r.monitor_interval.map(|interval| ProbeSpec {
+                            interval: interval.get(),
+                            timeout: r.monitor_timeout.get(),
+                            recovery: r.monitor_recovery,
+                        })
+                    })
+                    .collect()
             })
             .collect();
         Self {
@@ -400,6 +492,7 @@ impl NodeCore {
             quorate: false,
             peer_groups: Vec::new(),
             last_facts: None,
+            probe_specs,
         }
     }
 
@@ -456,7 +549,24 @@ impl NodeCore {
             requests: self.state.requests.clone(),
             maintenance: self.state.maintenance,
             settled: self.settled(),
+            standby_failures: self.standby_failures(),
         }
+    }
+
+    /// The groups stopped here whose `while_active = false` monitors fail
+    /// here, with those monitors.
+    fn standby_failures(&self) -> BTreeMap<u16, Vec<u16>> {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter(|(_, lg)| lg.phase == Phase::Stopped && !lg.standby_failed.is_empty())
+            .map(|(g, lg)| {
+                (
+                    u16_of(g),
+                    lg.standby_failed.iter().map(|m| u16_of(*m)).collect(),
+                )
+            })
+            .collect()
     }
 
     /// Whether [`NodeCore::view`] would equal `v` (without building it).
@@ -467,9 +577,11 @@ impl NodeCore {
             requests,
             maintenance,
             settled,
+            standby_failures,
         } = v;
         *maintenance == self.state.maintenance
             && *settled == self.settled()
+            && *standby_failures == self.standby_failures()
             && *published == self.state.published
             && *requests == self.state.requests
             && groups
@@ -520,12 +632,31 @@ impl NodeCore {
     }
 
     /// The decision for each group and its reason in words, if a placement
-    /// is known.
+    /// is known; nodes it may not go to while a monitor fails there are
+    /// named after the reason.
     pub fn decisions(&self) -> Vec<Option<(Option<NodeId>, String)>> {
         (0..self.topo.groups.len())
             .map(|g| {
                 let a = self.state.published.as_ref()?.groups.get(g)?;
-                Some((a.node.map(usize::from), a.reason.describe(&self.topo)))
+                let mut why = a.reason.describe(&self.topo);
+                // (A group placed nowhere names every node's rejection
+                // already.)
+                if !a.ineligible.is_empty() && !matches!(a.reason, Reason::NoNode { .. }) {
+                    let nodes: Vec<String> = a
+                        .ineligible
+                        .iter()
+                        .map(|(n, m)| {
+                            let node = self.topo.nodes.get(usize::from(*n));
+                            format!(
+                                "monitor `{m}` fails on {}",
+                                node.map_or("?", String::as_str)
+                            )
+                        })
+                        .collect();
+                    why.push_str("; not eligible: ");
+                    why.push_str(&nodes.join(", "));
+                }
+                Some((a.node.map(usize::from), why))
             })
             .collect()
     }
@@ -560,7 +691,12 @@ impl NodeCore {
     }
 
     fn resource_timeout(&self, g: GroupId, r: usize, op: ResourceOp) -> Duration {
-        let res = &self.config.groups[g].resources[r];
+        // As this node runs it: its `overrides` may give other timeouts.
+        let base = &self.config.groups[g].resources[r];
+        let res = self
+            .config
+            .resource_on(&self.topo.nodes[self.me], &base.name)
+            .unwrap_or(base);
         match op {
             ResourceOp::Start => res.start_timeout.get(),
             ResourceOp::Stop => res.stop_timeout.get(),
@@ -817,6 +953,7 @@ impl NodeCore {
                     cleared: 0,
                     previous: None,
                     previous_fenced: false,
+                    ineligible: BTreeMap::new(),
                 })
                 .collect(),
             applied: BTreeMap::new(),
@@ -907,6 +1044,7 @@ impl NodeCore {
                         moved: a.moved,
                         move_to: moves.get(&g).copied(),
                         excluded: a.excluded.keys().map(|n| usize::from(*n)).collect(),
+                        failing: self.failing_nodes(input, g),
                     }
                 })
                 .collect(),
@@ -934,6 +1072,14 @@ impl NodeCore {
         for (g, Decision { node, reason }) in placement.groups.into_iter().enumerate() {
             let a = &mut next.groups[g];
             a.moved = matches!(reason, Reason::Moved { .. } | Reason::StaysMoved);
+            // The nodes placement did not consider for it (a failure where
+            // it runs is ignored), for status.
+            a.ineligible = facts.groups[g]
+                .failing
+                .iter()
+                .filter(|(n, _)| !facts.groups[g].runs.iter().any(|(m, _)| m == *n))
+                .map(|(n, m)| (u16_of(*n), m.clone()))
+                .collect();
             let node = node.map(u16_of);
             if a.node != node {
                 self.event(
@@ -997,11 +1143,48 @@ impl NodeCore {
         }
     }
 
+    /// The nodes where a `while_active = false` monitor of `g` fails while
+    /// `g` does not run there (this node and the live peers with this
+    /// configuration), with the first such monitor.
+    fn failing_nodes(&self, input: &ClusterInput, g: GroupId) -> BTreeMap<NodeId, String> {
+        let monitors = &self.config.groups[g].monitors;
+        let name = |m: usize| monitors.get(m).map(|x| x.name.clone());
+        let gk = u16_of(g);
+        let mut out = BTreeMap::new();
+        if self.groups[g].phase == Phase::Stopped
+            && let Some(m) = self.groups[g].standby_failed.iter().find_map(|m| name(*m))
+        {
+            out.insert(self.me, m);
+        }
+        for (&p, v) in &input.alive {
+            if input
+                .generations
+                .get(&p)
+                .is_some_and(|gen_| *gen_ != self.generation)
+            {
+                continue;
+            }
+            if let Some(m) = v
+                .as_ref()
+                .and_then(|v| v.standby_failures.get(&gk))
+                .and_then(|ms| ms.iter().find_map(|m| name(usize::from(*m))))
+            {
+                out.insert(p, m);
+            }
+        }
+        out
+    }
+
     fn failure_window(&self, g: GroupId) -> u64 {
+        let probes = self.probe_specs[g]
+            .iter()
+            .flatten()
+            .map(|p| p.recovery.window.get());
         self.config.groups[g]
             .monitors
             .iter()
             .map(|m| m.recovery.window.get())
+            .chain(probes)
             .max()
             .unwrap_or(conf::Recovery::default().window.get())
             .as_millis()
@@ -1251,26 +1434,106 @@ impl NodeCore {
                 }
             }
         }
-        // Monitors.
+        // Monitors and periodic probes.
         for g in 0..self.groups.len() {
-            if self.groups[g].phase != Phase::Running || self.groups[g].busy {
+            self.watch(out, now_ms, g);
+        }
+    }
+
+    /// Run the monitor checks and periodic probes of `g` that are due.
+    fn watch(&mut self, out: &mut Vec<Effect>, now_ms: u64, g: GroupId) {
+        let lg = &self.groups[g];
+        let mode = if lg.busy {
+            None
+        } else if lg.phase == Phase::Running {
+            Some(CheckMode::Active)
+        } else if lg.phase == Phase::Stopped
+            && !self.shutting_down
+            && !self.state.maintenance
+            && self.topo.groups[g].nodes.contains(&self.me)
+        {
+            Some(CheckMode::Standby)
+        } else {
+            None
+        };
+        let since = match mode {
+            None => {
+                self.leave_standby(g);
+                return;
+            }
+            Some(CheckMode::Active) => {
+                self.leave_standby(g);
+                self.groups[g].running_since.unwrap_or(now_ms)
+            }
+            Some(CheckMode::Standby) => match self.groups[g].standby_since {
+                Some(t) => t,
+                None => {
+                    // A new standby period: the start delay counts anew.
+                    let lg = &mut self.groups[g];
+                    lg.standby_since = Some(now_ms);
+                    lg.period += 1;
+                    for c in &mut lg.checks {
+                        c.due = 0;
+                    }
+                    now_ms
+                }
+            },
+        };
+        let config = Arc::clone(&self.config);
+        for (m, mon) in config.groups[g].monitors.iter().enumerate() {
+            if mode == Some(CheckMode::Standby) && mon.while_active {
                 continue;
             }
-            let since = self.groups[g].running_since.unwrap_or(now_ms);
-            for (m, mon) in self.config.groups[g].monitors.iter().enumerate() {
-                let (due, in_flight) = self.groups[g].checks[m];
-                let first = since + millis(mon.start_delay.get());
-                if in_flight || now_ms < due.max(first) {
-                    continue;
-                }
-                self.groups[g].checks[m] = (now_ms + millis(mon.interval.get()), true);
-                out.push(Effect::Check {
-                    group: g,
-                    monitor: m,
-                    timeout: mon.timeout.get(),
-                });
+            let slot = self.groups[g].checks[m];
+            let first = since + millis(mon.start_delay.get());
+            if slot.in_flight.is_some() || now_ms < slot.due.max(first) {
+                continue;
             }
+            self.groups[g].checks[m] = CheckSlot {
+                due: now_ms + millis(mon.interval.get()),
+                in_flight: mode.map(|m| (m, self.groups[g].period)),
+            };
+            out.push(Effect::Check {
+                group: g,
+                monitor: m,
+                timeout: mon.timeout.get(),
+            });
         }
+        if mode != Some(CheckMode::Active) {
+            return;
+        }
+        // Periodic probes (`monitor_interval`), beside any lifecycle
+        // action: a probe only reads, and its answer is used only while
+        // this same run goes on with nothing in flight.
+        for r in 0..self.probe_specs[g].len() {
+            let Some(spec) = self.probe_specs[g][r] else {
+                continue;
+            };
+            let slot = self.groups[g].probes[r];
+            let first = since + millis(spec.interval);
+            if slot.in_flight.is_some() || now_ms < slot.due.max(first) {
+                continue;
+            }
+            self.groups[g].probes[r] = ProbeSlot {
+                due: now_ms + millis(spec.interval),
+                in_flight: Some(self.groups[g].period),
+            };
+            let ctx = self.ctx(g, r, self.groups[g].last_reason, spec.timeout);
+            out.push(Effect::Resource {
+                group: g,
+                resource: r,
+                op: ResourceOp::Probe,
+                ctx,
+            });
+        }
+    }
+
+    /// This node is no standby for `g` now: its standby failures no longer
+    /// count (they are not in the view either).
+    fn leave_standby(&mut self, g: GroupId) {
+        let lg = &mut self.groups[g];
+        lg.standby_since = None;
+        lg.standby_failed.clear();
     }
 
     /// A node of higher priority for `g` that also reports it running.
@@ -1309,7 +1572,11 @@ impl NodeCore {
         };
         let n = self.config.groups[g].resources.len();
         if next < n {
-            self.run(out, g, next, ResourceOp::Probe);
+            // A periodic probe of this resource still in flight would
+            // answer in its place: wait for it (the next step goes on).
+            if self.groups[g].probes[next].in_flight.is_none() {
+                self.run(out, g, next, ResourceOp::Probe);
+            }
             return;
         }
         let gk = u16_of(g);
@@ -1319,6 +1586,7 @@ impl NodeCore {
         } else if running == n && n > 0 && !unknown {
             self.groups[g].phase = Phase::Running;
             self.groups[g].running_since = Some(0);
+            self.groups[g].period += 1;
             self.state.active.insert(gk);
             self.dirty = true;
             self.event(out, "group_found_running", json!({}), Some(g));
@@ -1342,10 +1610,17 @@ impl NodeCore {
     }
 
     fn started(&mut self, out: &mut Vec<Effect>, now_ms: u64, g: GroupId) {
-        self.groups[g].phase = Phase::Running;
-        self.groups[g].running_since = Some(now_ms);
-        for c in &mut self.groups[g].checks {
-            *c = (0, false);
+        let lg = &mut self.groups[g];
+        lg.phase = Phase::Running;
+        lg.running_since = Some(now_ms);
+        lg.period += 1;
+        // Checks and probes begin anew; one still in flight is waited for
+        // (its answer, from before, is dropped).
+        for c in &mut lg.checks {
+            c.due = 0;
+        }
+        for p in &mut lg.probes {
+            p.due = 0;
         }
         let reason = self.groups[g].last_reason;
         self.event(out, "group_running", json!({"reason": reason}), Some(g));
@@ -1364,6 +1639,14 @@ impl NodeCore {
         let Some(lg) = self.groups.get_mut(g) else {
             return out;
         };
+        // A periodic probe (only one of a resource is ever in flight, and
+        // no start-up probe of it meanwhile).
+        if op == ResourceOp::Probe
+            && let Some(period) = lg.probes.get_mut(r).and_then(|p| p.in_flight.take())
+        {
+            self.on_periodic_probe(&mut out, now_ms, g, r, period, outcome);
+            return self.finish(out);
+        }
         lg.busy = false;
         let n = self.config.groups[g].resources.len();
         let resource = self.config.groups[g]
@@ -1496,6 +1779,56 @@ impl NodeCore {
         }
     }
 
+    /// A periodic probe (`monitor_interval`) of resource `r` finished: a
+    /// resource found stopped or failed walks the recovery ladder from it.
+    fn on_periodic_probe(
+        &mut self,
+        out: &mut Vec<Effect>,
+        now_ms: u64,
+        g: GroupId,
+        r: usize,
+        period: u64,
+        outcome: OpResult,
+    ) {
+        let lg = &self.groups[g];
+        let resource = self.config.groups[g].resources[r].name.clone();
+        let group = &self.topo.groups[g].name;
+        if lg.phase != Phase::Running || lg.busy || lg.period != period {
+            tracing::debug!(%group, %resource, ?outcome, "periodic probe answered after its run: dropped");
+            return;
+        }
+        let detail = match outcome {
+            OpResult::Probed(Probe::Running) => return,
+            OpResult::Probed(Probe::Unknown(why)) => {
+                // Unknown is never read as stopped (nor as running).
+                tracing::warn!(%group, %resource, %why, "periodic probe could not tell the resource's state; not counted as a failure");
+                return;
+            }
+            OpResult::Probed(Probe::Stopped) => "the probe found it stopped".to_owned(),
+            OpResult::Probed(Probe::Failed(why)) => format!("the probe found it failed: {why}"),
+            OpResult::Done(o) => {
+                tracing::warn!(%group, %resource, outcome = ?o, "unexpected answer to a periodic probe ignored");
+                return;
+            }
+        };
+        let Some(spec) = self.probe_specs[g][r] else {
+            return;
+        };
+        tracing::warn!(%group, %resource, %detail, "periodic probe failed");
+        self.recover(
+            out,
+            now_ms,
+            g,
+            Failure {
+                r,
+                source: json!({"probe": resource}),
+                what: format!("the probe of resource {resource}"),
+                recovery: spec.recovery,
+                detail,
+            },
+        );
+    }
+
     /// A monitor check finished.
     pub fn on_check(
         &mut self,
@@ -1508,8 +1841,21 @@ impl NodeCore {
         let Some(lg) = self.groups.get_mut(g) else {
             return out;
         };
-        if let Some(c) = lg.checks.get_mut(m) {
-            c.1 = false;
+        let Some((mode, period)) = lg.checks.get_mut(m).and_then(|c| c.in_flight.take()) else {
+            tracing::warn!(
+                group = g,
+                monitor = m,
+                ?outcome,
+                "a check that was not asked for: ignored"
+            );
+            return out;
+        };
+        if lg.period != period {
+            return out;
+        }
+        if mode == CheckMode::Standby {
+            self.on_standby_check(&mut out, g, m, outcome);
+            return self.finish(out);
         }
         let CheckOutcome::Failed(detail) = outcome else {
             return out;
@@ -1521,13 +1867,78 @@ impl NodeCore {
         let Some(mon) = group.monitors.get(m) else {
             return out;
         };
-        let recovery = mon.recovery;
         let r = mon
             .resource
             .as_ref()
             .and_then(|name| group.resources.iter().position(|x| &x.name == name))
             .unwrap_or(group.resources.len().saturating_sub(1));
-        let monitor = mon.name.clone();
+        let failure = Failure {
+            r,
+            source: json!({"monitor": mon.name}),
+            what: format!("monitor {}", mon.name),
+            recovery: mon.recovery,
+            detail,
+        };
+        self.recover(&mut out, now_ms, g, failure);
+        self.finish(out)
+    }
+
+    /// A `while_active = false` monitor answered where `g` does not run:
+    /// a failure makes this node ineligible for `g` (through its view), a
+    /// pass lifts that.
+    fn on_standby_check(
+        &mut self,
+        out: &mut Vec<Effect>,
+        g: GroupId,
+        m: usize,
+        outcome: CheckOutcome,
+    ) {
+        let lg = &self.groups[g];
+        if lg.phase != Phase::Stopped || lg.busy || lg.standby_since.is_none() {
+            return;
+        }
+        let monitor = self.config.groups[g]
+            .monitors
+            .get(m)
+            .map(|x| x.name.clone())
+            .unwrap_or_default();
+        match outcome {
+            CheckOutcome::Failed(detail) => {
+                if self.groups[g].standby_failed.insert(m) {
+                    tracing::warn!(group = %self.topo.groups[g].name, %monitor, %detail, "monitor fails on this standby: not eligible for the group");
+                    self.event(
+                        out,
+                        "standby_monitor_failed",
+                        json!({"monitor": monitor, "detail": detail, "action": "not eligible here"}),
+                        Some(g),
+                    );
+                }
+            }
+            CheckOutcome::Ok => {
+                if self.groups[g].standby_failed.remove(&m) {
+                    tracing::info!(group = %self.topo.groups[g].name, %monitor, "monitor passes again on this standby: eligible again");
+                    self.event(
+                        out,
+                        "standby_monitor_ok",
+                        json!({"monitor": monitor, "action": "eligible again"}),
+                        Some(g),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The recovery ladder, for a failure of `g` found while it runs here:
+    /// restart from resource `r` while restarts are left, then fail over,
+    /// then the final action.
+    fn recover(&mut self, out: &mut Vec<Effect>, now_ms: u64, g: GroupId, failure: Failure) {
+        let Failure {
+            r,
+            source,
+            what,
+            recovery,
+            detail,
+        } = failure;
         let window = millis(recovery.window.get());
         let gk = u16_of(g);
         let restarts = self.state.restarts.entry(gk).or_default();
@@ -1546,23 +1957,37 @@ impl NodeCore {
             });
         let failovers = u32::try_from(failovers).unwrap_or(u32::MAX);
         self.dirty = true;
+        let details = |extra: Value| {
+            let mut d = source.clone();
+            if let (Value::Object(d), Value::Object(extra)) = (&mut d, extra) {
+                d.insert("detail".into(), detail.clone().into());
+                d.extend(extra);
+            }
+            d
+        };
         if used < recovery.restart {
             restarts.push(now_ms);
-            self.event(&mut out, "monitor_failed", json!({"monitor": monitor, "detail": detail, "action": "restart", "restart": used + 1, "of": recovery.restart}), Some(g));
-            self.begin_stop(&mut out, g, StopWhy::Recover(r));
+            let d =
+                details(json!({"action": "restart", "restart": used + 1, "of": recovery.restart}));
+            self.event(out, "monitor_failed", d, Some(g));
+            self.begin_stop(out, g, StopWhy::Recover(r));
         } else if failovers < recovery.failover {
-            self.event(&mut out, "monitor_failed", json!({"monitor": monitor, "detail": detail, "action": "failover", "failover": failovers + 1, "of": recovery.failover}), Some(g));
-            self.begin_stop(&mut out, g, StopWhy::Failover);
+            let d = details(
+                json!({"action": "failover", "failover": failovers + 1, "of": recovery.failover}),
+            );
+            self.event(out, "monitor_failed", d, Some(g));
+            self.begin_stop(out, g, StopWhy::Failover);
         } else {
-            self.event(&mut out, "monitor_failed", json!({"monitor": monitor, "detail": detail, "action": "final", "final_action": recovery.final_action}), Some(g));
+            let d = details(json!({"action": "final", "final_action": recovery.final_action}));
+            self.event(out, "monitor_failed", d, Some(g));
             let why = format!(
-                "monitor {monitor} of group {} failed: restarts and failovers used up",
-                group.name
+                "{what} of group {} failed: restarts and failovers used up",
+                self.topo.groups[g].name
             );
             match recovery.final_action {
                 conf::FinalAction::StopGroup => {
                     self.request(g, Op::Stop);
-                    self.begin_stop(&mut out, g, StopWhy::Unassigned);
+                    self.begin_stop(out, g, StopWhy::Unassigned);
                 }
                 conf::FinalAction::StopDaemon => {
                     self.shutting_down = true;
@@ -1572,8 +1997,21 @@ impl NodeCore {
                 conf::FinalAction::None => {}
             }
         }
-        self.finish(out)
     }
+}
+
+/// A failure found while a group runs, for the recovery ladder.
+struct Failure {
+    /// The resource restarted (with those after it).
+    r: usize,
+    /// What found it, for the event (`{"monitor": ...}` or `{"probe": ...}`).
+    source: Value,
+    /// What found it, in words.
+    what: String,
+    /// Its ladder.
+    recovery: conf::Recovery,
+    /// What it found.
+    detail: String,
 }
 
 fn millis(d: Duration) -> u64 {

@@ -6,8 +6,9 @@
 //! the observed [`Facts`]: which nodes are up, down (fenced or lease
 //! expired) or unsafe (lost but not yet known down), where each group
 //! runs and in what state, the previous decision, pending manual moves,
-//! exclusions after repeated failures, and whether the operator wants the
-//! group started. The output says, for each group, the node it should run
+//! exclusions after repeated failures, nodes where a monitor that also
+//! watches standbys fails, and whether the operator wants the group
+//! started. The output says, for each group, the node it should run
 //! on and [`Reason`] why, and [`actions`] turns it into stops and starts
 //! in dependency order.
 //!
@@ -16,7 +17,7 @@
 //! start is ready only when no other node reports the group in any state
 //! but stopped, and unknown counts as running.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -249,6 +250,11 @@ pub struct GroupFacts {
     pub move_to: Option<Option<NodeId>>,
     /// Nodes excluded for this group after repeated failures.
     pub excluded: BTreeSet<NodeId>,
+    /// Nodes where a monitor that also runs where the group does not
+    /// (`while_active = false`) fails, with that monitor's name: not
+    /// eligible while it fails. Ignored for a node that reports the group
+    /// in any state: such a failure never moves a group that runs.
+    pub failing: BTreeMap<NodeId, String>,
 }
 
 /// Everything placement decides from, besides the topology.
@@ -272,6 +278,12 @@ pub enum Rejection {
     Maintenance,
     /// Excluded after repeated failures (until `clusterctl clear`).
     Excluded,
+    /// A monitor that also runs where the group does not fails there
+    /// (until a check passes again).
+    MonitorFails {
+        /// The monitor.
+        monitor: String,
+    },
     /// Not enough capacity left.
     Capacity {
         /// Needed.
@@ -775,8 +787,17 @@ fn rejection(
         NodeState::Unsafe => return Some(Rejection::Unsafe),
         NodeState::Maintenance => return Some(Rejection::Maintenance),
     }
-    if facts.groups.get(g).is_some_and(|f| f.excluded.contains(&n)) {
-        return Some(Rejection::Excluded);
+    if let Some(f) = facts.groups.get(g) {
+        if f.excluded.contains(&n) {
+            return Some(Rejection::Excluded);
+        }
+        if let Some(monitor) = f.failing.get(&n)
+            && !f.runs.iter().any(|(m, _)| *m == n)
+        {
+            return Some(Rejection::MonitorFails {
+                monitor: monitor.clone(),
+            });
+        }
     }
     let spec = &topo.groups[g];
     if let Some(&with) = load
@@ -809,6 +830,7 @@ fn describe_rejection(topo: &Topology, n: NodeId, r: &Rejection) -> String {
         Rejection::Unsafe => format!("{node} is lost and not fenced yet"),
         Rejection::Maintenance => format!("{node} is in maintenance"),
         Rejection::Excluded => format!("{node} is excluded after repeated failures"),
+        Rejection::MonitorFails { monitor } => format!("monitor `{monitor}` fails on {node}"),
         Rejection::Capacity { need, free } => format!(
             "{node} lacks capacity (needs {} MiB/{} vCPUs, {} MiB/{} vCPUs free)",
             need.memory_mib, need.vcpus, free.memory_mib, free.vcpus

@@ -185,12 +185,46 @@ pub enum SimEvent {
     },
     /// Undo partitions.
     Heal,
-    /// A resource fails: its monitor fails until it is restarted.
+    /// A resource fails: its monitor fails until it is restarted (and a
+    /// probe finds it failed).
     ResourceFail {
         /// Node.
         node: String,
         /// Resource.
         resource: String,
+    },
+    /// A resource stops behind the cluster's back (a process dies, the
+    /// kernel drops a floating address): monitors and probes find it
+    /// stopped.
+    ResourceVanish {
+        /// Node.
+        node: String,
+        /// Resource.
+        resource: String,
+    },
+    /// A monitor fails on a node, wherever it runs there (where its group
+    /// runs, and on a standby for `while_active = false` monitors), until
+    /// `monitor_ok`. Elsewhere a check on a standby passes; one where the
+    /// group runs fails as well when a resource of the group failed or is
+    /// not running.
+    MonitorFail {
+        /// Node.
+        node: String,
+        /// Monitor.
+        monitor: String,
+        /// Its group, if another group has a monitor of that name.
+        #[serde(default)]
+        group: Option<String>,
+    },
+    /// The injected failure of a monitor on a node is gone.
+    MonitorOk {
+        /// Node.
+        node: String,
+        /// Monitor.
+        monitor: String,
+        /// Its group, if another group has a monitor of that name.
+        #[serde(default)]
+        group: Option<String>,
     },
     /// Its next `count` starts on the node fail.
     StartFail {
@@ -419,6 +453,9 @@ struct SimNode {
     core: Option<NodeCore>,
     disk: LocalState,
     resources: BTreeMap<(GroupId, usize), FakeResource>,
+    /// Monitors (group, index) made to fail here (`monitor_fail`); kept
+    /// over power cycles, as what they watch is outside the node.
+    monitor_failing: BTreeSet<(GroupId, usize)>,
     /// Per peer: when it was last reachable.
     last_reach: Vec<Option<u64>>,
     /// Per peer: its view as last received.
@@ -487,6 +524,7 @@ impl Sim {
                 core: None,
                 disk: LocalState::default(),
                 resources: BTreeMap::new(),
+                monitor_failing: BTreeSet::new(),
                 last_reach: vec![None; n],
                 views: vec![None; n],
                 view_life: vec![0; n],
@@ -557,6 +595,26 @@ impl Sim {
         }
         Err(ScenarioError::Unknown {
             what: "resource",
+            name: name.to_owned(),
+        })
+    }
+
+    fn monitor_index(
+        &self,
+        name: &str,
+        group: Option<&str>,
+    ) -> Result<(GroupId, usize), ScenarioError> {
+        let wanted = group.map(|g| self.group_index(g)).transpose()?;
+        for (g, grp) in self.config.groups.iter().enumerate() {
+            if wanted.is_some_and(|w| w != g) {
+                continue;
+            }
+            if let Some(m) = grp.monitors.iter().position(|m| m.name == name) {
+                return Ok((g, m));
+            }
+        }
+        Err(ScenarioError::Unknown {
+            what: "monitor",
             name: name.to_owned(),
         })
     }
@@ -685,6 +743,31 @@ impl Sim {
                 let k = self.node_index(node)?;
                 let key = self.resource_index(resource)?;
                 self.nodes[k].resources.entry(key).or_default().failing = true;
+            }
+            SimEvent::ResourceVanish { node, resource } => {
+                let k = self.node_index(node)?;
+                let key = self.resource_index(resource)?;
+                let res = self.nodes[k].resources.entry(key).or_default();
+                res.running = false;
+                res.by_cluster = false;
+            }
+            SimEvent::MonitorFail {
+                node,
+                monitor,
+                group,
+            } => {
+                let k = self.node_index(node)?;
+                let key = self.monitor_index(monitor, group.as_deref())?;
+                self.nodes[k].monitor_failing.insert(key);
+            }
+            SimEvent::MonitorOk {
+                node,
+                monitor,
+                group,
+            } => {
+                let k = self.node_index(node)?;
+                let key = self.monitor_index(monitor, group.as_deref())?;
+                self.nodes[k].monitor_failing.remove(&key);
             }
             SimEvent::StartFail {
                 node,
@@ -1177,10 +1260,10 @@ impl Sim {
                             OpResult::Done(ActionOutcome::Ok)
                         }
                     }
-                    ResourceOp::Probe => OpResult::Probed(if res.running {
-                        Probe::Running
-                    } else {
-                        Probe::Stopped
+                    ResourceOp::Probe => OpResult::Probed(match (res.running, res.failing) {
+                        (true, true) => Probe::Failed("injected failure".into()),
+                        (true, false) => Probe::Running,
+                        (false, _) => Probe::Stopped,
                     }),
                 };
                 let effects = match self.nodes[node].core.as_mut() {
@@ -1201,19 +1284,32 @@ impl Sim {
                 {
                     return;
                 }
-                let bad = self.nodes[node]
-                    .resources
-                    .iter()
-                    .filter(|((g, _), _)| *g == group)
-                    .find(|(_, r)| r.failing || !r.running)
-                    .map(|((_, r), res)| {
-                        let name = &self.config.groups[group].resources[*r].name;
-                        if res.failing {
-                            format!("{name} failed")
-                        } else {
-                            format!("{name} not running")
-                        }
-                    });
+                // Where the group does not run (a standby check), only an
+                // injected monitor failure fails it.
+                let standby = self.nodes[node]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.run_state(group).is_none());
+                let injected = self.nodes[node]
+                    .monitor_failing
+                    .contains(&(group, monitor))
+                    .then(|| "injected monitor failure".to_owned());
+                let bad = injected.or_else(|| {
+                    self.nodes[node]
+                        .resources
+                        .iter()
+                        .filter(|_| !standby)
+                        .filter(|((g, _), _)| *g == group)
+                        .find(|(_, r)| r.failing || !r.running)
+                        .map(|((_, r), res)| {
+                            let name = &self.config.groups[group].resources[*r].name;
+                            if res.failing {
+                                format!("{name} failed")
+                            } else {
+                                format!("{name} not running")
+                            }
+                        })
+                });
                 let outcome = match bad {
                     Some(why) => CheckOutcome::Failed(why),
                     None => CheckOutcome::Ok,

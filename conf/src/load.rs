@@ -278,6 +278,9 @@ impl Tagged for Resource {
             start_timeout: c.start_timeout,
             stop_timeout: c.stop_timeout,
             on_stop_failure: c.on_stop_failure,
+            monitor_interval: c.monitor_interval,
+            monitor_timeout: c.monitor_timeout,
+            monitor_recovery: c.monitor_recovery,
             kind,
         }
     }

@@ -462,6 +462,26 @@ pub struct Resource {
     /// What a failed stop leads to.
     #[serde(default)]
     pub on_stop_failure: StopFailure,
+    /// Probe the resource this often while its group runs on the node
+    /// (Pacemaker's recurring `monitor` operation); off when unset. A probe
+    /// that finds the resource stopped or failed (a floating address the
+    /// kernel dropped, a unit that died) counts as a failed check of a
+    /// monitor on this resource: `monitor_recovery` restarts it and the
+    /// resources after it, then fails the group over. A probe that cannot
+    /// tell (unknown, or no answer within `monitor_timeout`) is logged and
+    /// not counted. The first probe comes one interval after the group
+    /// started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_interval: Option<Duration>,
+    /// Time one probe of `monitor_interval` may take; a probe that does not
+    /// answer in time is unknown (logged, not a failure).
+    #[serde(default = "defaults::monitor_timeout")]
+    pub monitor_timeout: Duration,
+    /// What failed probes of `monitor_interval` lead to: the recovery
+    /// ladder of a monitor (restarts here, then failovers, then the final
+    /// action), counted with the group's monitors.
+    #[serde(default)]
+    pub monitor_recovery: Recovery,
     /// What the resource is.
     #[serde(flatten)]
     pub kind: ResourceKind,
@@ -478,6 +498,12 @@ pub(crate) struct ResourceCommon {
     pub(crate) stop_timeout: Duration,
     #[serde(default)]
     pub(crate) on_stop_failure: StopFailure,
+    #[serde(default)]
+    pub(crate) monitor_interval: Option<Duration>,
+    #[serde(default = "defaults::monitor_timeout")]
+    pub(crate) monitor_timeout: Duration,
+    #[serde(default)]
+    pub(crate) monitor_recovery: Recovery,
 }
 
 /// The kinds of resource. Host clusters hold `vm`; guest clusters the others.
@@ -667,7 +693,17 @@ pub struct Monitor {
     /// Wait this long after the group starts before the first check.
     #[serde(default)]
     pub start_delay: Duration,
-    /// Check only while the group runs on this node (otherwise always).
+    /// Check only while the group runs on this node. With `false`, also
+    /// check on every node of the group's `nodes` where the group is not
+    /// running (a standby; same interval, timeout and start delay): a
+    /// failure there makes that node ineligible for the group (placement
+    /// does not choose it, and `clusterctl status` says "monitor `NAME`
+    /// fails on NODE") until a check there passes again; it never stops or
+    /// moves the group where it runs. A standby that has not completed a
+    /// check yet (just started, or its check still running) is eligible.
+    /// Where the group runs, the monitor feeds the recovery ladder as
+    /// always. Not for `ocf` and `vm` monitors: they check the group's own
+    /// resource, which is stopped on a standby.
     #[serde(default = "defaults::yes")]
     pub while_active: bool,
     /// The resource restarted on failure; the group's last resource if unset.

@@ -367,6 +367,17 @@ fn monitor(
     for (field, msg) in monitor_params(&mon.kind) {
         push(p, format!("{key}.{field}"), msg);
     }
+    if !mon.while_active && matches!(mon.kind, MonitorKind::Ocf(_) | MonitorKind::Vm(_)) {
+        push(
+            p,
+            format!("{key}.while_active"),
+            format!(
+                "a `{}` monitor checks the group's own resource, which is stopped where the \
+                 group does not run: `while_active = false` would make every standby ineligible",
+                mon.kind.name()
+            ),
+        );
+    }
     let target = match &mon.resource {
         Some(r) => match group.resources.iter().find(|x| &x.name == r) {
             Some(res) => Some(res),
@@ -507,7 +518,10 @@ fn resources(c: &Config, p: &mut Problems) {
                 ResourceKind::Vm(vm) => vm_fits(c, group, g, r, vm, p),
                 _ => {}
             }
-            for (field, msg) in resource_params(&res.kind) {
+            for (field, msg) in resource_params(&res.kind)
+                .into_iter()
+                .chain(resource_probe(res))
+            {
                 push(p, format!("{key}.{field}"), msg);
             }
             // Checked per node, with that node's overrides applied.
@@ -530,7 +544,10 @@ fn resources(c: &Config, p: &mut Problems) {
                 };
                 if overrides.is_some() {
                     // What the base entry holds is reported there, once.
-                    for (field, msg) in resource_params(&effective.kind) {
+                    let problems = resource_params(&effective.kind)
+                        .into_iter()
+                        .chain(resource_probe(effective));
+                    for (field, msg) in problems {
                         if let Some(key) = at(&field) {
                             push(p, key, format!("{msg} (on node `{}`)", node.name));
                         }
@@ -550,6 +567,35 @@ fn resources(c: &Config, p: &mut Problems) {
             }
         }
     }
+}
+
+/// Problems in a resource's periodic probe settings (`monitor_interval`,
+/// `monitor_timeout`), as `(key below the resource, message)`.
+fn resource_probe(res: &Resource) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if res.monitor_interval.is_some_and(|i| i.is_zero()) {
+        out.push((
+            "monitor_interval".to_owned(),
+            "must be greater than zero (leave it unset for no periodic probe)".to_owned(),
+        ));
+    }
+    if res.monitor_interval.is_some()
+        && matches!(&res.kind, ResourceKind::Exec(e) if e.status.is_empty())
+    {
+        out.push((
+            "monitor_interval".to_owned(),
+            "an `exec` resource without a `status` command cannot be probed (every probe would \
+             be unknown): add `status` or leave `monitor_interval` unset"
+                .to_owned(),
+        ));
+    }
+    if res.monitor_timeout.is_zero() {
+        out.push((
+            "monitor_timeout".to_owned(),
+            "must be greater than zero".to_owned(),
+        ));
+    }
+    out
 }
 
 /// Whether the floating address fits a subnet of `node`: the address is
@@ -1088,5 +1134,157 @@ fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
         "none".to_owned()
     } else {
         v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A guest cluster of two nodes, one group, with `resource` and
+    /// `monitor` keys added to its one resource and one monitor, and
+    /// `overrides` on node `b`.
+    fn load(resource: &str, monitor: &str, overrides: &str) -> Result<crate::Config, String> {
+        let src = format!(
+            r#"
+[cluster]
+name = "t"
+kind = "guest"
+auth_key_file = "/dev/null"
+
+[quorum]
+ping_targets = ["192.0.2.254"]
+
+[[nodes]]
+name = "a"
+links = {{ lan = ["192.0.2.1/24"] }}
+
+[[nodes]]
+name = "b"
+links = {{ lan = ["192.0.2.2/24"] }}
+{overrides}
+
+[[groups]]
+name = "g"
+nodes = ["a", "b"]
+
+[[groups.resources]]
+name = "vip"
+kind = "floating_ip"
+address = "192.0.2.100/24"
+interface = "eth0"
+{resource}
+
+[[groups.monitors]]
+name = "m"
+kind = "ocf"
+resource = "vip2"
+{monitor}
+
+[[groups.resources]]
+name = "vip2"
+kind = "ocf"
+agent = "heartbeat:IPaddr2"
+"#
+        );
+        crate::load_str("t.toml", &src).map_err(|d| d.to_string())
+    }
+
+    /// A one-node cluster with one `exec` resource and `keys` added to it.
+    fn exec_with(keys: &str) -> String {
+        format!(
+            r#"
+[cluster]
+name = "t"
+kind = "guest"
+auth_key_file = "/dev/null"
+
+[[nodes]]
+name = "a"
+links = {{ lan = ["192.0.2.1/24"] }}
+
+[[groups]]
+name = "g"
+nodes = ["a"]
+
+[[groups.resources]]
+name = "app"
+kind = "exec"
+start = ["/bin/true"]
+stop = ["/bin/true"]
+{keys}
+"#
+        )
+    }
+
+    #[test]
+    fn periodic_probe_settings_are_read_and_checked() {
+        let c = load(
+            "monitor_interval = \"2s\"\nmonitor_timeout = \"5s\"\nmonitor_recovery = { restart = 3 }",
+            "",
+            "",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = &c.groups[0].resources[0];
+        assert_eq!(
+            r.monitor_interval.map(crate::Duration::get),
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(r.monitor_timeout.get(), std::time::Duration::from_secs(5));
+        assert_eq!(r.monitor_recovery.restart, 3);
+        assert_eq!(r.monitor_recovery.failover, 1, "defaults as a monitor's");
+        // Off by default.
+        let c = load("", "", "").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.groups[0].resources[0].monitor_interval, None);
+
+        let e = load("monitor_interval = \"0s\"", "", "")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("groups[0].resources[0].monitor_interval: must be greater than zero"),
+            "{e}"
+        );
+        let e = load("monitor_timeout = \"0s\"", "", "")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("groups[0].resources[0].monitor_timeout: must be greater than zero"),
+            "{e}"
+        );
+        let e = crate::load_str("x.toml", &exec_with("monitor_interval = \"1s\""))
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("groups[0].resources[0].monitor_interval: an `exec` resource without a `status` command cannot be probed"),
+            "{e}"
+        );
+        crate::load_str(
+            "x.toml",
+            &exec_with("monitor_interval = \"1s\"\nstatus = [\"/bin/true\"]"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // Set per node: reported at the override.
+        let e = load(
+            "",
+            "",
+            "overrides = { vip = { monitor_interval = \"0s\" } }",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            e.contains("nodes[1].overrides.vip.monitor_interval: must be greater than zero"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn while_active_false_is_refused_for_monitors_of_the_groups_own_resource() {
+        let e = load("", "while_active = false", "")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("groups[0].monitors[0].while_active: a `ocf` monitor checks the group's own resource"),
+            "{e}"
+        );
+        load("", "while_active = true", "").unwrap_or_else(|e| panic!("{e}"));
     }
 }

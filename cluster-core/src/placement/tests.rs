@@ -486,6 +486,47 @@ fn excluded_nodes_are_skipped_until_cleared() {
     );
 }
 
+/// A node where a standby monitor fails is not chosen (for a failover,
+/// a fail-back or a manual move), and the rejection names the monitor;
+/// the same fact about the node where the group runs is ignored.
+#[test]
+fn a_node_whose_standby_monitor_fails_is_not_chosen_but_never_left() {
+    let t = topo(3, &[("g", &[0, 1, 2], true)]);
+    let mut f = facts(&[Down, Up, Up], 1);
+    f.groups[0].assigned = Some(0);
+    f.groups[0].failing.insert(1, "uplink".into());
+    let p = place(&t, &f);
+    assert_eq!(p.groups[0].node, Some(2), "n1 fails its monitor");
+    assert_eq!(p.groups[0].reason, Reason::FailedOver { from: 0 });
+    // Running on n2 with fail-back automatic: n0 is back but fails: stays.
+    let mut f = facts(&[Up, Up, Up], 1);
+    running(&mut f, 0, 2);
+    f.groups[0].failing.insert(0, "uplink".into());
+    f.groups[0].failing.insert(1, "uplink".into());
+    assert_eq!(place(&t, &f).groups[0].reason, Reason::Stays);
+    // A move there is refused, naming the monitor.
+    f.groups[0].move_to = Some(Some(1));
+    let p = place(&t, &f);
+    assert_eq!(p.groups[0].node, Some(2));
+    assert_eq!(p.refused_moves.len(), 1);
+    assert_eq!(p.refused_moves[0].why, "monitor `uplink` fails on n1");
+    // A failure reported where it runs never moves it.
+    f.groups[0].move_to = None;
+    f.groups[0].failing.insert(2, "uplink".into());
+    let p = place(&t, &f);
+    assert_eq!(p.groups[0].node, Some(2));
+    assert!(actions(&t, &f, &p).is_empty());
+    // Nowhere else to go: no node, and the reason says why.
+    let mut f = facts(&[Down, Up, Maintenance], 1);
+    f.groups[0].failing.insert(1, "uplink".into());
+    let p = place(&t, &f);
+    assert_eq!(p.groups[0].node, None);
+    assert_eq!(
+        p.groups[0].reason.describe(&t),
+        "no node can run it: n0 is down; monitor `uplink` fails on n1; n2 is in maintenance"
+    );
+}
+
 #[test]
 fn stopped_by_the_operator_is_stopped_everywhere() {
     let t = topo(2, &[("g", &[0, 1], false)]);

@@ -126,6 +126,7 @@ fn random_scenario(seed: u64) -> String {
     }
     let n_groups = rng.range(2, 4) as usize;
     let mut resources = Vec::new();
+    let mut monitors = Vec::new();
     for g in 0..n_groups {
         let mut order = nodes.clone();
         for i in (1..order.len()).rev() {
@@ -143,16 +144,25 @@ fn random_scenario(seed: u64) -> String {
             config.push_str(&format!(
                 "[[groups.resources]]\nname = \"g{g}r{r}\"\nkind = \"exec\"\nstart = [\"true\"]\nstop = [\"true\"]\non_stop_failure = \"{policy}\"\n"
             ));
+            if rng.chance(30) {
+                config.push_str(&format!(
+                    "status = [\"true\"]\nmonitor_interval = \"1s\"\nmonitor_recovery = {{ restart = {}, failover = {} }}\n",
+                    rng.range(0, 2),
+                    rng.range(0, 2),
+                ));
+            }
             resources.push(format!("g{g}r{r}"));
         }
         if rng.chance(70) {
             let action = *rng.pick(&["stop_group", "stop_daemon", "fence_self", "none"]);
             config.push_str(&format!(
-                "[[groups.monitors]]\nname = \"g{g}m\"\nkind = \"custom\"\ncommand = [\"true\"]\ninterval = \"1s\"\nrecovery = {{ restart = {}, failover = {}, final_action = \"{action}\", window = \"{}s\" }}\n",
+                "[[groups.monitors]]\nname = \"g{g}m\"\nkind = \"custom\"\ncommand = [\"true\"]\ninterval = \"1s\"\nwhile_active = {}\nrecovery = {{ restart = {}, failover = {}, final_action = \"{action}\", window = \"{}s\" }}\n",
+                !rng.chance(40),
                 rng.range(0, 2),
                 rng.range(0, 2),
                 rng.range(5, 60),
             ));
+            monitors.push(format!("g{g}m"));
         }
         config.push('\n');
     }
@@ -162,7 +172,7 @@ fn random_scenario(seed: u64) -> String {
     for _ in 0..rng.range(4, 12) {
         let at = rng.range(1000, 12_000) / 10 * 10;
         let node = rng.pick(&nodes).clone();
-        let body = match rng.range(0, 15) {
+        let body = match rng.range(0, 18) {
             0 => format!("do = \"power_off\"\nnode = \"{node}\""),
             1 => format!("do = \"power_on\"\nnode = \"{node}\""),
             2 => format!("do = \"kill_daemon\"\nnode = \"{node}\""),
@@ -202,6 +212,19 @@ fn random_scenario(seed: u64) -> String {
             ),
             12 => format!("do = \"maintenance\"\nnode = \"{node}\"\non = true"),
             13 => format!("do = \"maintenance\"\nnode = \"{node}\"\non = false"),
+            16 | 17 if !monitors.is_empty() => format!(
+                "do = \"{}\"\nnode = \"{node}\"\nmonitor = \"{}\"",
+                if rng.chance(60) {
+                    "monitor_fail"
+                } else {
+                    "monitor_ok"
+                },
+                rng.pick(&monitors)
+            ),
+            18 => format!(
+                "do = \"resource_vanish\"\nnode = \"{node}\"\nresource = \"{}\"",
+                rng.pick(&resources)
+            ),
             _ => format!(
                 "do = \"resource_fail\"\nnode = \"{node}\"\nresource = \"{}\"",
                 rng.pick(&resources)
