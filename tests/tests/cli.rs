@@ -296,17 +296,30 @@ fn the_demo_fails_vms_and_a_web_service_over_and_leaves_nothing_behind() {
     // host-c (host-b is full), web1 fits nowhere and stays down, saying why.
     let hosts = &demo["host_failover"];
     assert_eq!(hosts["killed"], "host-a", "{hosts}");
-    assert_eq!(hosts["before"]["db"], serde_json::json!(["host-a"]), "{hosts}");
-    assert_eq!(hosts["after"]["db"], serde_json::json!(["host-c"]), "{hosts}");
+    assert_eq!(
+        hosts["before"]["db"],
+        serde_json::json!(["host-a"]),
+        "{hosts}"
+    );
+    assert_eq!(
+        hosts["after"]["db"],
+        serde_json::json!(["host-c"]),
+        "{hosts}"
+    );
     assert!(hosts["after"].get("web1").is_none(), "{hosts}");
     let down = hosts["down"].as_array().cloned().unwrap_or_default();
     assert!(
         down.iter().any(|d| d["group"] == "web1"
-            && d["reason"].as_str().is_some_and(|r| r.contains("lacks capacity"))),
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("lacks capacity"))),
         "{hosts}"
     );
     for vm in ["web2", "batch1", "batch2", "batch3"] {
-        assert_eq!(hosts["before"][vm], hosts["after"][vm], "{vm} moved: {hosts}");
+        assert_eq!(
+            hosts["before"][vm], hosts["after"][vm],
+            "{vm} moved: {hosts}"
+        );
     }
     let kinds: Vec<&str> = hosts["timeline"]
         .as_array()
@@ -315,7 +328,10 @@ fn the_demo_fails_vms_and_a_web_service_over_and_leaves_nothing_behind() {
     let at = |k: &str| kinds.iter().position(|x| *x == k);
     assert!(at("fence_succeeded") < at("takeover_allowed"), "{kinds:?}");
     assert!(at("takeover_allowed") < at("group_running"), "{kinds:?}");
-    assert!(story.contains("Killing host-a's daemon with SIGKILL"), "{story}");
+    assert!(
+        story.contains("Killing host-a's daemon with SIGKILL"),
+        "{story}"
+    );
     // The demo key is private.
     use std::os::unix::fs::PermissionsExt;
     let mode =

@@ -84,7 +84,10 @@ pub(super) fn prepare(dir: &Path, config: &conf::Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", vm.domain_xml.display()))?;
     }
     let agent = dir.join("fence-demo-host");
-    fs::write(&agent, FENCE_AGENT.replace("{dir}", &dir.display().to_string()))?;
+    fs::write(
+        &agent,
+        FENCE_AGENT.replace("{dir}", &dir.display().to_string()),
+    )?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&agent, fs::Permissions::from_mode(0o755))?;
     let _ = fs::remove_file(dir.join("fence.log"));
@@ -142,7 +145,9 @@ fn vm_names(config: &conf::Config) -> Vec<String> {
 
 fn show_placement(say: &Say, vms: &[String], now: &BTreeMap<String, Vec<String>>) {
     for vm in vms {
-        let hosts = now.get(vm).map_or_else(|| "down".to_owned(), |h| h.join(", "));
+        let hosts = now
+            .get(vm)
+            .map_or_else(|| "down".to_owned(), |h| h.join(", "));
         say.line(format_args!("  {vm:<8} {hosts}"));
     }
 }
