@@ -86,6 +86,40 @@ pub enum Request {
         /// The group.
         group: String,
     },
+    /// Host clusters: power off (or reboot) the VM of the linked guest
+    /// `peer` on behalf of the linked guest `requester`, as a guest cluster
+    /// asks over the linkage. Refused unless both are listed in
+    /// `[[linkage.guests]]` with the same `cluster` and differ. Answered
+    /// with [`Response::GuestFenced`] only once the VM is confirmed off.
+    FenceGuest {
+        /// The guest asking (its node name in its guest cluster).
+        requester: String,
+        /// The guest to fence (its node name in the same guest cluster).
+        peer: String,
+        /// Off, or off and then started again.
+        #[serde(default)]
+        action: GuestFenceAction,
+    },
+}
+
+/// What [`Request::FenceGuest`] does to the peer's VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestFenceAction {
+    /// Destroy the VM (power off) and confirm it is off.
+    #[default]
+    Off,
+    /// Destroy it, confirm it is off, then start it again.
+    Reboot,
+}
+
+impl std::fmt::Display for GuestFenceAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Reboot => "reboot",
+        })
+    }
 }
 
 /// What an operator asks of one group: the group requests of [`Request`]
@@ -121,7 +155,7 @@ impl Request {
     /// The group and command of a group request; `None` for the others.
     pub fn group_command(&self) -> Option<(&str, GroupCommand)> {
         match self {
-            Self::Status | Self::Events { .. } => None,
+            Self::Status | Self::Events { .. } | Self::FenceGuest { .. } => None,
             Self::GroupStart { group } => Some((group, GroupCommand::Start)),
             Self::GroupStop { group } => Some((group, GroupCommand::Stop)),
             Self::GroupMove { group, node } => {
@@ -144,6 +178,25 @@ pub enum Response {
     /// A command was accepted (group requests).
     Accepted {
         /// What will happen, for the operator.
+        message: String,
+    },
+    /// Answer to [`Request::FenceGuest`]: the peer's VM is confirmed off
+    /// (a fence that is not confirmed is an [`ApiError`], never this).
+    GuestFenced {
+        /// The fenced guest.
+        peer: String,
+        /// Its libvirt domain.
+        domain: String,
+        /// The host that answered.
+        host: String,
+        /// What was asked.
+        action: GuestFenceAction,
+        /// Confirmed off (always `true` here; kept for the linkage's
+        /// `FenceResult`).
+        off: bool,
+        /// From the request to the confirmation, in milliseconds.
+        elapsed_ms: u64,
+        /// What was done and what happens to the VM next, for the operator.
         message: String,
     },
 }
@@ -1062,6 +1115,11 @@ mod tests {
                 node: Some("n1".into()),
             },
             Request::Clear { group: "g".into() },
+            Request::FenceGuest {
+                requester: "a".into(),
+                peer: "b".into(),
+                action: GuestFenceAction::Reboot,
+            },
         ];
         for r in requests {
             let text = serde_json::to_string(&r).unwrap_or_else(|e| panic!("{e}"));
@@ -1089,6 +1147,30 @@ mod tests {
         let text = serde_json::to_string(&accepted).unwrap_or_else(|e| panic!("{e}"));
         let back: Response = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, accepted);
+        let fenced = Response::GuestFenced {
+            peer: "b".into(),
+            domain: "vm-b".into(),
+            host: "h1".into(),
+            action: GuestFenceAction::Off,
+            off: true,
+            elapsed_ms: 3,
+            message: "destroyed".into(),
+        };
+        let text = serde_json::to_string(&fenced).unwrap_or_else(|e| panic!("{e}"));
+        let back: Response = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, fenced);
+        let r: Request =
+            serde_json::from_str(r#"{"request":"fence_guest","requester":"a","peer":"b"}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r,
+            Request::FenceGuest {
+                requester: "a".into(),
+                peer: "b".into(),
+                action: GuestFenceAction::Off,
+            },
+            "off unless asked otherwise"
+        );
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ mod config_cmd;
 mod demo_cmd;
 mod events_cmd;
 mod group_cmd;
+mod guest_cmd;
 mod simulate_cmd;
 mod status_cmd;
 mod target;
@@ -96,6 +97,9 @@ enum Command {
     /// Start, stop or move a group.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Act for a linked guest on a host daemon (host clusters).
+    #[command(subcommand)]
+    Guest(GuestCommand),
     /// Clear a group's failures (failed state, restart counts, bans).
     Clear {
         /// The group.
@@ -139,6 +143,27 @@ enum GroupCommand {
         group: String,
         /// The node to move it to.
         node: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GuestCommand {
+    /// Fence the linked guest PEER as the guest GUEST asks over the
+    /// linkage: the host daemon destroys PEER's VM and answers once it is
+    /// confirmed off (exit 0), or says why not (exit 1). Only guests of the
+    /// same guest cluster in `[[linkage.guests]]` may fence each other.
+    Fence {
+        /// The guest asking (node name in `[[linkage.guests]]`).
+        #[arg(long = "as", value_name = "GUEST")]
+        requester: String,
+        /// The guest to fence.
+        peer: String,
+        /// Start it again once it is confirmed off (VMs the host cluster
+        /// runs as `vm` resources are restarted by the host cluster).
+        #[arg(long)]
+        reboot: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -223,6 +248,12 @@ fn main() -> ExitCode {
             };
             group_cmd::run(&target, cli.json, &request)
         }
+        Command::Guest(GuestCommand::Fence {
+            requester,
+            peer,
+            reboot,
+            target,
+        }) => guest_cmd::fence(&target, cli.json, requester, peer, reboot),
         Command::Clear { group, target } => {
             group_cmd::run(&target, cli.json, &Request::Clear { group })
         }

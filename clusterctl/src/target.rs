@@ -102,6 +102,7 @@ pub(crate) fn unexpected(answer: &Response) -> anyhow::Error {
         Response::Status(_) => "status",
         Response::Events(_) => "events",
         Response::Accepted { .. } => "accepted",
+        Response::GuestFenced { .. } => "guest_fenced",
     };
     anyhow::anyhow!("the daemon answered with `{kind}`, which this command did not ask for")
 }

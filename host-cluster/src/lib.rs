@@ -4,6 +4,7 @@
 //! built on the shared engine as it lands.
 
 pub mod drivers;
+pub mod guest_fence;
 pub mod hypervisor;
 pub mod libvirt_events;
 pub mod service;

@@ -8,6 +8,7 @@ use cluster_core::engine::Engine;
 use cluster_core::status::{DomainStatus, HypervisorStatus, NodeStatus};
 use conf::ResourceKind;
 
+use crate::guest_fence::{EngineView, GuestFencer};
 use crate::hypervisor::Hypervisor;
 
 /// Everything the host daemon needs to answer requests.
@@ -19,6 +20,7 @@ pub struct HostService {
     started: Instant,
     engine: Arc<Engine>,
     hypervisor: Hypervisor,
+    fencer: GuestFencer,
 }
 
 impl HostService {
@@ -30,7 +32,15 @@ impl HostService {
         engine: Arc<Engine>,
         hypervisor: Hypervisor,
     ) -> Self {
+        let fencer = GuestFencer::new(
+            &config,
+            &node,
+            hypervisor.clone(),
+            Arc::new(EngineView::new(config.clone(), &node, engine.clone())),
+            engine.events().clone(),
+        );
         Self {
+            fencer,
             config,
             config_file,
             node,
@@ -107,6 +117,16 @@ impl Handler for HostService {
             Request::Events { since_ms, limit } => {
                 api::events_response(self.engine.events().path().to_owned(), since_ms, limit).await
             }
+            Request::FenceGuest {
+                requester,
+                peer,
+                action,
+            } => self
+                .fencer
+                .fence(&requester, &peer, action)
+                .await
+                .map(crate::guest_fence::GuestFenced::into_response)
+                .map_err(|e| ApiError::from(&e)),
             group => cluster_core::control::group_request(&self.config, &self.engine, &group).await,
         }
     }
