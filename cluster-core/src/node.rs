@@ -1389,8 +1389,15 @@ impl NodeCore {
                         .any(|d| self.run_state(d).is_some() && !self.assigned_here(d));
                     // Losing quorum is the guard's business (it force-stops
                     // everything after the start-up grace), not a reason
-                    // for a clean stop here.
-                    if !self.assigned_here(g) && !dependents_here {
+                    // for a clean stop here. Nor is having no placement
+                    // yet: a node that has never seen one (a first start
+                    // next to VMs or applications already running) leaves
+                    // what it found running alone until the first
+                    // placement, which keeps a group where it runs.
+                    let awaiting_first = self.state.published.is_none()
+                        && !self.shutting_down
+                        && !self.state.maintenance;
+                    if !self.assigned_here(g) && !dependents_here && !awaiting_first {
                         self.begin_stop(
                             out,
                             g,
