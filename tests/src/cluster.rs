@@ -43,6 +43,10 @@ pub struct Spec {
     pub host: bool,
     /// Host clusters: every host's `capacity` (memory MiB, vCPUs).
     pub capacity: Option<(u64, u32)>,
+    /// Host clusters: every node's `libvirt_uri` instead of the test
+    /// driver file; `{dir}` is replaced by the test's directory and
+    /// `{node}` by the node's name.
+    pub libvirt_uri: Option<String>,
 }
 
 impl Default for Spec {
@@ -59,6 +63,7 @@ impl Default for Spec {
             watchdog: "kind = \"none\"".into(),
             host: false,
             capacity: None,
+            libvirt_uri: None,
         }
     }
 }
@@ -111,9 +116,22 @@ impl Cluster {
     /// Like [`Cluster::start`], running `prepare` on the test directory
     /// before the daemons start (to write agent scripts and the like).
     pub fn start_with(spec: &Spec, prepare: impl FnOnce(&Path)) -> anyhow::Result<Self> {
+        Self::start_with_net(spec, |dir, _| {
+            prepare(dir);
+            Ok(())
+        })
+    }
+
+    /// Like [`Cluster::start_with`], with the network too (built before
+    /// `prepare` runs), for what must run in the nodes' namespaces before
+    /// their daemons start (a hypervisor, say).
+    pub fn start_with_net(
+        spec: &Spec,
+        prepare: impl FnOnce(&Path, &Net) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let net = Net::new(spec.nodes + spec.bystanders, spec.links)?;
         let dir = tempfile::tempdir()?;
-        prepare(dir.path());
+        prepare(dir.path(), &net)?;
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, config_text(spec, &net, dir.path())).context("write config")?;
         write_key(&dir.path().join("cluster.key"));
@@ -325,7 +343,13 @@ fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
             links.join(", ")
         );
         if spec.host {
-            let _ = writeln!(t, "libvirt_uri = \"test://{}/n{k}.xml\"", dir.display());
+            let uri = match &spec.libvirt_uri {
+                Some(uri) => uri
+                    .replace("{dir}", &dir.display().to_string())
+                    .replace("{node}", &format!("n{k}")),
+                None => format!("test://{}/n{k}.xml", dir.display()),
+            };
+            let _ = writeln!(t, "libvirt_uri = \"{uri}\"");
         }
         if let Some((memory_mib, vcpus)) = spec.capacity {
             let _ = writeln!(

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 pub mod cluster;
 pub mod fence;
 pub mod netns;
+pub mod qemu;
 pub mod watch;
 
 /// Where cargo put the workspace's binaries: `target/<profile>`, next to
