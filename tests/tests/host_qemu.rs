@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testbed::cluster::{Cluster, Spec};
-use testbed::qemu::{Assets, Guest, Libvirtd, VmLan, qemu_pids, write_initramfs};
+use testbed::qemu::{Assets, Guest, Libvirtd, VmLan, netns_inode, qemu_pids, write_initramfs};
 use testbed::watch::Watcher;
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
@@ -459,6 +459,119 @@ fn a_host_whose_daemon_dies_is_fenced_before_its_running_vm_starts_elsewhere() {
         after(starting, killed),
         after(event_ts(&ev, "group_running", "web", killed), killed),
     );
+    let doubles = watcher.finish();
+    assert!(doubles.is_empty(), "web ran on two hosts: {doubles:?}");
+}
+
+/// libvirtd restarts under a running VM (an upgrade, a crash of the
+/// daemon): while it is gone the host daemon reports the hypervisor
+/// unreachable and neither stops nor moves the VM (unknown is never
+/// stopped); once it is back the host daemon reconnects by itself, with
+/// its lifecycle callback registered again, and a crash of the VM after
+/// that is still seen and recovered.
+#[test]
+fn a_libvirtd_restart_is_survived_and_a_later_crash_is_still_seen() {
+    let bed = Bed::start("{ restart = 1, failover = 1 }");
+    let first = bed.first_page();
+    let pids = bed.hosts[0].qemu_pids("web");
+    assert_eq!(pids.len(), 1, "one QEMU of web on n0: {pids:?}");
+    let watcher = bed.watch();
+    let ns = bed.hosts[0].ns().to_owned();
+    let dir = bed.c.dir().join("libvirt-n0");
+
+    // libvirtd dies (kill -9); QEMU keeps running.
+    let gone = cluster_core::events::now_ms();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns pids: {e}"));
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "libvirtd"
+            && let Ok(pid) = pid.parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    ok(testbed::wait_until(
+        "n0 to report its hypervisor unreachable",
+        Duration::from_secs(10),
+        || {
+            bed.c
+                .status(0)
+                .ok()
+                .and_then(|s| s.hypervisor)
+                .is_some_and(|h| !h.connected)
+        },
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        qemu_pids(netns_inode(&ns).unwrap_or(0), "web"),
+        pids,
+        "the VM's QEMU was touched while libvirtd was away"
+    );
+    for k in 0..2 {
+        let ev = bed.c.events(k);
+        for kind in ["group_stopping", "group_starting", "monitor_failed"] {
+            assert!(
+                event_ts(&ev, kind, "web", gone).is_none(),
+                "n{k}: {kind} while libvirtd was away:\n{}",
+                bed.diagnostics()
+            );
+        }
+    }
+    assert_eq!(
+        bed.lan.get(&bed.guest, Duration::from_secs(5)).as_deref(),
+        Some(first.as_str()),
+        "the guest stopped answering while libvirtd was away"
+    );
+
+    // libvirtd comes back (same state directories: it finds its QEMU).
+    let back = Instant::now();
+    // Dropped at the end of the test (before `bed`): it empties n0.
+    let _again = ok(Libvirtd::start(&ns, &dir));
+    ok(testbed::wait_until(
+        "n0 to reconnect to libvirtd",
+        Duration::from_secs(20),
+        || {
+            bed.c
+                .status(0)
+                .ok()
+                .and_then(|s| s.hypervisor)
+                .is_some_and(|h| {
+                    h.connected
+                        && h.domains
+                            .iter()
+                            .any(|d| d.name == "web" && d.state == "running")
+                })
+        },
+    ));
+    println!(
+        "libvirtd back to n0 reconnected and seeing web running: {} ms",
+        back.elapsed().as_millis()
+    );
+
+    // A crash after the reconnection is still seen and recovered here.
+    let killed = cluster_core::events::now_ms();
+    for pid in &pids {
+        ok(nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(anyhow::Error::from));
+    }
+    let failed = ok(bed
+        .c
+        .wait_event(0, "monitor_failed", Duration::from_secs(10), |e| {
+            e["group"] == "web" && e["ts_ms"].as_u64() >= Some(killed)
+        }));
+    assert_eq!(failed["action"], "restart", "{failed}");
+    bed.next_boot(&first, BOOT);
+    assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n0".to_owned()]));
+    assert!(testbed::fence::fenced(bed.c.dir()).is_empty());
     let doubles = watcher.finish();
     assert!(doubles.is_empty(), "web ran on two hosts: {doubles:?}");
 }

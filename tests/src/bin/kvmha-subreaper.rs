@@ -9,10 +9,12 @@
 //! subreaper (`PR_SET_CHILD_SUBREAPER`), so orphans below it are re-parented
 //! to it, and reaps every child as soon as `SIGCHLD` arrives.
 //!
-//! It exits with COMMAND's status once COMMAND exits, and on `SIGTERM` or
-//! `SIGINT`, or when the thread that started it ends (parent-death signal),
-//! after killing (`SIGKILL`) every process re-parented to it, so that no
-//! QEMU outlives its simulated host.
+//! On `SIGTERM` or `SIGINT`, or when the thread that started it ends
+//! (parent-death signal), it kills (`SIGKILL`) every process re-parented
+//! to it, so that no QEMU outlives its simulated host. When COMMAND exits
+//! by itself (libvirtd crashed or was killed), the QEMUs it started keep
+//! running, as on a real host, until they exit or the subreaper is told to
+//! stop; it exits with COMMAND's status once none is left.
 
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -73,11 +75,30 @@ fn run(program: &str, args: &[String]) -> Result<u8, String> {
                 break code;
             }
         } else {
-            break 128 + u8::try_from(signo).unwrap_or(15);
+            kill_adopted();
+            return Ok(128 + u8::try_from(signo).unwrap_or(15));
         }
     };
-    kill_adopted();
-    Ok(code)
+    // COMMAND (libvirtd) is gone, by a crash or a kill: the QEMUs it
+    // started keep running, as on a real host, and a new libvirtd finds
+    // them again. Keep reaping them until none is left, or until told to
+    // stop (then kill them: no QEMU outlives its simulated host).
+    loop {
+        if children().is_empty() {
+            return Ok(code);
+        }
+        let signo = match signals.read_signal() {
+            Ok(Some(info)) => info.ssi_signo,
+            Ok(None) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("reading signals: {e}")),
+        };
+        if signo == Signal::SIGCHLD as u32 {
+            let _ = reap(main_pid);
+        } else {
+            kill_adopted();
+            return Ok(code);
+        }
+    }
 }
 
 /// Reap every child that has exited; the exit code of `main_pid` if it
