@@ -1138,12 +1138,25 @@ fn a_failing_server_walks_the_ladder_and_keeps_its_data() {
             e["group"] == GROUP && e["ts_ms"].as_u64().is_some_and(|t| t >= since)
         }));
     timings.insert("4 final stop", t0.elapsed());
-    let s = ok(bed.c.status(1));
-    let g = s.groups.iter().find(|g| g.name == GROUP);
-    assert!(
-        g.is_some_and(|g| g.wanted == Some(false) && g.owner.is_none()),
-        "{g:?}"
-    );
+    // The final action's stop request is applied by the next placement,
+    // published a moment after the group stopped here.
+    let stopped_for_good = || {
+        bed.c.status(1).ok().is_some_and(|s| {
+            s.groups
+                .iter()
+                .any(|g| g.name == GROUP && g.wanted == Some(false) && g.owner.is_none())
+        })
+    };
+    if testbed::wait_until(
+        "the group wanted stopped",
+        Duration::from_secs(5),
+        stopped_for_good,
+    )
+    .is_err()
+    {
+        let s = ok(bed.c.status(1));
+        panic!("{:?}", s.groups.iter().find(|g| g.name == GROUP));
+    }
     assert!(bed.holdings().is_empty(), "{:?}", bed.holdings());
     assert_eq!(ladder_steps(&bed.c, 0), ["restart", "failover"]);
     assert_eq!(bed.starts().len(), 4, "{:?}", bed.pg_log());
