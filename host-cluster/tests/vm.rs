@@ -434,6 +434,9 @@ async fn the_monitor_fails_on_pause_and_shutoff_and_recovers_with_a_new_run() {
     assert_eq!(vm.stop(&ctx("svc", T)).await, ActionOutcome::Ok);
     assert_eq!(vm.start(&ctx("svc", T)).await, ActionOutcome::Ok);
     assert_eq!(strict.check(T).await, CheckOutcome::Ok);
+    // The test's own view catches up with the restart's events, so that
+    // the next `Stopped` it sees is the destroy's (not the shutdown's).
+    while next_event(&mut events, "svc").await.kind != EventKind::Started {}
 
     // Destroyed behind the cluster's back.
     host.on_domain("svc", |d| d.destroy()).await;
