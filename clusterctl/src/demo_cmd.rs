@@ -214,6 +214,48 @@ fn prepare(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((hosts, guests))
 }
 
+/// Prints a demo's story to stdout, or to stderr when stdout carries JSON.
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn line(&self, text: impl std::fmt::Display) {
+        if self.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
+/// One line of a demo's timeline: milliseconds after `since`, the event's
+/// kind and its `keys` that are set (in `group_placed`, `node` is the
+/// target: shown as `to`, `nowhere` when none).
+fn timeline_line(e: &serde_json::Value, since: u64, keys: &[&str]) -> String {
+    let at = e["ts_ms"].as_u64().unwrap_or(since).saturating_sub(since);
+    let placed = e["kind"] == "group_placed";
+    let detail = keys
+        .iter()
+        .filter_map(|k| {
+            e.get(*k).filter(|v| !v.is_null() || placed).map(|v| {
+                let label = if placed && *k == "node" { "to" } else { k };
+                let value = if v.is_null() {
+                    "nowhere".to_owned()
+                } else {
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                };
+                format!("{label}={value}")
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "  +{at:>5} ms  {:<18} {detail}",
+        e["kind"].as_str().unwrap_or("?")
+    )
+}
+
 /// The path of another binary of this project, next to this one.
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("cannot find clusterctl's own path")?;

@@ -615,6 +615,12 @@ fn request_shutdown(conn: &Connect, name: &str) -> Result<StopStep, String> {
 }
 
 fn destroy_on(conn: &Connect, name: &str) -> Result<VmStatus, String> {
+    // A shut-off persistent definition cannot be destroyed: already off.
+    if let Ok(status) = vm_status(conn, name)
+        && status.is_gone()
+    {
+        return Ok(status);
+    }
     match conn.lookup_domain_by_name(name) {
         Ok(dom) => match dom.destroy() {
             Ok(()) => {}
@@ -736,43 +742,15 @@ impl VmDriver {
             }
         };
         tracing::warn!(group = %ctx.group, vm = %self.name, "destroying the VM: {why_destroy}");
+        self.destroy(ctx, "VM destroyed").await
+    }
+
+    /// Destroy the VM and confirm it gone; `done` is logged on success.
+    async fn destroy(&self, ctx: &ActionContext, done: &str) -> ActionOutcome {
         let name = self.name.clone();
         match self.hypervisor.call(move |c| destroy_on(c, &name)).await {
             Ok(Ok(status)) if status.is_gone() => {
-                tracing::info!(group = %ctx.group, vm = %self.name, "VM destroyed");
-                ActionOutcome::Ok
-            }
-            Ok(Ok(status)) => ActionOutcome::Failed {
-                message: format!(
-                    "`{}` is still {} after being destroyed",
-                    self.name,
-                    status.describe()
-                ),
-                hard: false,
-            },
-            Ok(Err(e)) => ActionOutcome::Failed {
-                message: format!("cannot destroy `{}`: {e}", self.name),
-                hard: false,
-            },
-            Err(e) => ActionOutcome::Failed {
-                message: format!("cannot destroy `{}`: {e}", self.name),
-                hard: false,
-            },
-        }
-    }
-
-    async fn destroy_now(&self, ctx: &ActionContext) -> ActionOutcome {
-        let name = self.name.clone();
-        let destroyed = self
-            .hypervisor
-            .call(move |c| match vm_status(c, &name) {
-                Ok(s) if s.is_gone() => Ok(s),
-                _ => destroy_on(c, &name),
-            })
-            .await;
-        match destroyed {
-            Ok(Ok(status)) if status.is_gone() => {
-                tracing::warn!(group = %ctx.group, vm = %self.name, "VM destroyed: this host has no quorum");
+                tracing::warn!(group = %ctx.group, vm = %self.name, "{done}");
                 ActionOutcome::Ok
             }
             Ok(Ok(status)) => ActionOutcome::Failed {
@@ -866,9 +844,12 @@ impl ResourceDriver for VmDriver {
         Box::pin(async move {
             // No ACPI shutdown: the guest must stop writing to shared
             // storage before another host may start it.
-            let outcome = tokio::time::timeout(ctx.timeout, self.destroy_now(ctx))
-                .await
-                .unwrap_or(ActionOutcome::TimedOut);
+            let outcome = tokio::time::timeout(
+                ctx.timeout,
+                self.destroy(ctx, "VM destroyed: this host has no quorum"),
+            )
+            .await
+            .unwrap_or(ActionOutcome::TimedOut);
             log_outcome(ctx, &self.name, "force-stop", &outcome);
             outcome
         })

@@ -29,7 +29,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use super::netns::{self, DemoNet, Host, NsThread};
-use super::{Daemons, sibling_binary, stop, wait_joined};
+use super::{Daemons, Say, sibling_binary, stop, wait_joined};
 
 /// The client's namespace is `kvmha-demo-client`; its addresses are in
 /// the guests' subnets (`192.0.2.0/24`, `2001:db8::/64`).
@@ -125,21 +125,6 @@ off|reboot)
     ;;
 esac
 "#;
-
-/// Where the narrative goes: stdout, or stderr when stdout carries JSON.
-struct Say {
-    json: bool,
-}
-
-impl Say {
-    fn line(&self, text: impl std::fmt::Display) {
-        if self.json {
-            eprintln!("{text}");
-        } else {
-            println!("{text}");
-        }
-    }
-}
 
 /// What the demo reads from its configuration.
 struct Plan {
@@ -820,25 +805,10 @@ pub(super) fn failover(dir: &Path, config_path: PathBuf, json: bool) -> anyhow::
         netns::DAD_RETRANS_MS
     ));
     for e in &timeline {
-        let at = e["ts_ms"]
-            .as_u64()
-            .unwrap_or(killed_at)
-            .saturating_sub(killed_at);
-        let detail = ["peer", "by", "resource", "reason", "wait_ms", "error"]
-            .iter()
-            .filter_map(|k| {
-                e.get(*k).filter(|v| !v.is_null()).map(|v| {
-                    format!(
-                        "{k}={}",
-                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                    )
-                })
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        say.line(format_args!(
-            "  +{at:>5} ms  {:<18} {detail}",
-            e["kind"].as_str().unwrap_or("?")
+        say.line(super::timeline_line(
+            e,
+            killed_at,
+            &["peer", "by", "resource", "reason", "wait_ms", "error"],
         ));
     }
     say.line(format_args!("\n{}", crate::status_cmd::render(&status)));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::Started;
+use super::{Say, Started};
 
 /// The host whose daemon the demo kills.
 pub(super) const VICTIM: &str = "host-a";
@@ -48,21 +48,6 @@ status)
 *) exit 0 ;;
 esac
 "#;
-
-/// Prints to stdout, or to stderr when stdout carries JSON.
-struct Say {
-    json: bool,
-}
-
-impl Say {
-    fn line(&self, text: impl std::fmt::Display) {
-        if self.json {
-            eprintln!("{text}");
-        } else {
-            println!("{text}");
-        }
-    }
-}
 
 /// Write what act one needs besides its configuration: the VMs' domain
 /// XML and the fence agent.
@@ -267,31 +252,10 @@ pub(super) fn failover(dir: &Path, hosts: &mut Started, json: bool) -> anyhow::R
         config.heartbeat.timeout.get().as_millis()
     ));
     for e in &timeline {
-        let at = e["ts_ms"]
-            .as_u64()
-            .unwrap_or(killed_at)
-            .saturating_sub(killed_at);
-        let placed = e["kind"] == "group_placed";
-        let detail = ["node", "peer", "group", "by", "reason"]
-            .iter()
-            .filter_map(|k| {
-                e.get(*k).filter(|v| !v.is_null() || placed).map(|v| {
-                    let label = if placed && *k == "node" { "to" } else { k };
-                    format!(
-                        "{label}={}",
-                        if v.is_null() {
-                            "nowhere".to_owned()
-                        } else {
-                            v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                        }
-                    )
-                })
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        say.line(format_args!(
-            "  +{at:>5} ms  {:<18} {detail}",
-            e["kind"].as_str().unwrap_or("?")
+        say.line(super::timeline_line(
+            e,
+            killed_at,
+            &["node", "peer", "group", "by", "reason"],
         ));
     }
     let status = crate::status_cmd::fetch(&witness_socket)?;
