@@ -16,13 +16,21 @@
 //!   reaches it at `qemu+unix:///system?socket=DIR/run/libvirt-sock`.
 //!   Everything in the namespace is killed when it drops.
 //! - [`write_initramfs`]: a `newc` archive with busybox, the kernel's
-//!   virtio and ACPI button modules and an `/init` that puts the address
-//!   given on the kernel command line on `eth0`, serves
+//!   virtio, ACPI button and pvpanic modules and an `/init` that puts the
+//!   address given on the kernel command line on `eth0`, serves
 //!   `NAME BOOT_ID` over HTTP on port 80, and powers off on the ACPI
-//!   power button (busybox `acpid`).
+//!   power button (busybox `acpid`). Two CGI scripts make the guest fail
+//!   on request: `/cgi-bin/panic` crashes its kernel (sysrq `c`), which
+//!   the pvpanic device reports to QEMU; `/cgi-bin/fill` writes 64 MiB to
+//!   its data disk `/dev/vda` with `O_DIRECT` (on a [`ThinPool`] that
+//!   cannot hold them, the VM pauses on the I/O error).
 //! - [`Guest::domain_xml`]: a 128 MiB, one-vCPU TCG domain booting that
 //!   kernel and initramfs directly, its NIC on the host's `vmbr0`, its
-//!   serial console in a file.
+//!   serial console in a file, an ISA pvpanic device, and optionally a
+//!   data disk that stops the VM on an I/O error.
+//! - [`ThinPool`]: a small tmpfs mounted in a host's libvirtd mount
+//!   namespace, holding a sparse disk image far larger than itself:
+//!   thin-provisioned storage that runs full.
 //! - [`VmLan`]: `vmbr0` in every host namespace, joined through veth
 //!   pairs to one bridge in a LAN namespace, and a client namespace on
 //!   it; [`VmLan::get`] fetches a guest's page from the client.
@@ -190,6 +198,22 @@ while :; do sleep 3600; done
 const POWER_BUTTON: &str =
     "#!/bin/sh\necho 'kvmha-guest: ACPI power button, powering off'\nsync\npoweroff -f\n";
 
+/// `GET /cgi-bin/panic`: answer, then crash the kernel.
+const CGI_PANIC: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\npanicking\n'
+echo 'kvmha-guest: kernel panic requested' >/dev/console
+(sleep 1; echo c >/proc/sysrq-trigger) >/dev/null 2>&1 </dev/null &
+"#;
+
+/// `GET /cgi-bin/fill`: answer, then write 64 MiB to the data disk.
+const CGI_FILL: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+if [ ! -b /dev/vda ]; then echo 'no data disk'; exit 0; fi
+echo 'filling /dev/vda'
+echo 'kvmha-guest: writing 64 MiB to /dev/vda' >/dev/console
+(dd if=/dev/zero of=/dev/vda bs=64k count=1024 oflag=direct >/dev/console 2>&1) >/dev/null 2>&1 </dev/null &
+"#;
+
 /// One member of a `newc` archive.
 enum Entry<'a> {
     Dir,
@@ -247,6 +271,7 @@ pub fn write_initramfs(assets: &Assets, path: &Path) -> anyhow::Result<()> {
         "sys",
         "tmp",
         "www",
+        "www/cgi-bin",
         "etc",
         "etc/acpi",
         "etc/acpi/PWRF",
@@ -261,6 +286,11 @@ pub fn write_initramfs(assets: &Assets, path: &Path) -> anyhow::Result<()> {
         "etc/acpi/PWRF/00000080",
         Entry::File(POWER_BUTTON.as_bytes(), 0o755),
     );
+    add(
+        "www/cgi-bin/panic",
+        Entry::File(CGI_PANIC.as_bytes(), 0o755),
+    );
+    add("www/cgi-bin/fill", Entry::File(CGI_FILL.as_bytes(), 0o755));
     add("modules/order", Entry::File(order.as_bytes(), 0o644));
     for (name, data) in &modules {
         add(&format!("modules/{name}.ko"), Entry::File(data, 0o644));
@@ -276,14 +306,22 @@ pub struct Guest {
     pub name: String,
     /// Index on the LAN: address `10.77.0.(10 + index)`.
     pub index: u8,
+    /// libvirt's `<on_crash>` action after a guest panic: `destroy` (the
+    /// default), `preserve` (the crashed VM stays, as for a dump), ...
+    pub on_crash: String,
+    /// A raw data disk (`/dev/vda` in the guest) whose I/O errors stop
+    /// the VM (`error_policy='stop'`).
+    pub data_disk: Option<PathBuf>,
 }
 
 impl Guest {
-    /// Guest `index` named `name`.
+    /// Guest `index` named `name`, destroyed on a panic, no data disk.
     pub fn new(name: &str, index: u8) -> Self {
         Self {
             name: name.to_owned(),
             index,
+            on_crash: "destroy".into(),
+            data_disk: None,
         }
     }
 
@@ -294,8 +332,20 @@ impl Guest {
 
     /// The domain XML: TCG, 128 MiB, direct kernel boot of `assets`'
     /// kernel with `initrd`, the NIC on `vmbr0` (no option ROM), the
-    /// serial console appended to `serial`.
+    /// serial console appended to `serial`, an ISA pvpanic device, the
+    /// data disk if there is one.
     pub fn domain_xml(&self, assets: &Assets, initrd: &Path, serial: &Path) -> String {
+        let disk = self.data_disk.as_ref().map_or_else(String::new, |path| {
+            format!(
+                "
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' error_policy='stop'/>
+      <source file='{}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>",
+                path.display()
+            )
+        });
         format!(
             "<domain type='qemu'>
   <name>{name}</name>
@@ -310,8 +360,8 @@ impl Guest {
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
+  <on_crash>{on_crash}</on_crash>
+  <devices>{disk}
     <interface type='bridge'>
       <source bridge='vmbr0'/>
       <mac address='52:54:00:4d:00:{index:02x}'/>
@@ -322,6 +372,7 @@ impl Guest {
       <source path='{serial}' append='on'/>
       <target port='0'/>
     </serial>
+    <panic model='isa'/>
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -332,6 +383,7 @@ impl Guest {
             ip = self.ip(),
             index = self.index,
             serial = serial.display(),
+            on_crash = self.on_crash,
         )
     }
 }
@@ -423,6 +475,41 @@ pub fn qemu_pids(ino: u64, name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Thin-provisioned storage that runs full: a tmpfs of `capacity_kib`
+/// mounted on `dir` in a host's libvirtd mount namespace (each host gets
+/// its own at the same path, so one domain XML fits both), holding the
+/// sparse raw image `image` of `image_mib`. A guest writing more than the
+/// capacity gets `ENOSPC` in QEMU.
+#[derive(Debug, Clone)]
+pub struct ThinPool {
+    /// Where it is mounted (created if missing).
+    pub dir: PathBuf,
+    /// The tmpfs's size.
+    pub capacity_kib: u64,
+    /// The image's file name in `dir`.
+    pub image: String,
+    /// The image's (sparse) size.
+    pub image_mib: u64,
+}
+
+impl ThinPool {
+    /// The image's path.
+    pub fn image_path(&self) -> PathBuf {
+        self.dir.join(&self.image)
+    }
+
+    /// The shell lines that set it up (run in the mount namespace).
+    fn setup_script(&self) -> String {
+        format!(
+            "mount -t tmpfs -o size={cap}k kvmha-thin '{dir}'\ntruncate -s {img}M '{path}'\n",
+            cap = self.capacity_kib,
+            dir = self.dir.display(),
+            img = self.image_mib,
+            path = self.image_path().display(),
+        )
+    }
+}
+
 /// A `libvirtd` of one simulated host.
 #[derive(Debug)]
 pub struct Libvirtd {
@@ -446,7 +533,17 @@ impl Libvirtd {
     /// Start it without waiting (see [`Libvirtd::wait_ready`]), so that
     /// several start at once.
     pub fn spawn(ns: &str, dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with(ns, dir, None)
+    }
+
+    /// [`Libvirtd::spawn`], with `pool` mounted in its mount namespace.
+    pub fn spawn_with(ns: &str, dir: &Path, pool: Option<&ThinPool>) -> anyhow::Result<Self> {
         let ino = netns_inode(ns)?;
+        if let Some(pool) = pool {
+            std::fs::create_dir_all(&pool.dir)
+                .with_context(|| format!("create {}", pool.dir.display()))?;
+        }
+        let pool_setup = pool.map(ThinPool::setup_script).unwrap_or_default();
         for d in ["etc", "run", "lib", "cache", "log"] {
             std::fs::create_dir_all(dir.join(d))
                 .with_context(|| format!("create {}", dir.join(d).display()))?;
@@ -495,7 +592,7 @@ mount --bind '{d}/run' /run/libvirt
 mount --bind '{d}/lib' /var/lib/libvirt
 mount --bind '{d}/cache' /var/cache/libvirt
 mount --bind '{d}/log' /var/log/libvirt
-exec libvirtd -f '{d}/etc/libvirtd.conf' -p '{d}/libvirtd.pid'"
+{pool_setup}exec libvirtd -f '{d}/etc/libvirtd.conf' -p '{d}/libvirtd.pid'"
         );
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, "unshare", "--mount", "--uts"])
@@ -657,10 +754,16 @@ impl VmLan {
     /// The page `guest` serves (`NAME BOOT_ID`), fetched from the client
     /// within `timeout`; `None` if it does not answer.
     pub fn get(&self, guest: &Guest, timeout: Duration) -> Option<String> {
+        self.get_path(guest, "/", timeout)
+    }
+
+    /// What `guest` answers at `path` (`/cgi-bin/panic`...) within
+    /// `timeout`; `None` if it does not answer.
+    pub fn get_path(&self, guest: &Guest, path: &str, timeout: Duration) -> Option<String> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.client, "curl", "-sf", "--max-time"])
             .arg(format!("{:.3}", timeout.as_secs_f64()))
-            .arg(format!("http://{}/", guest.ip()))
+            .arg(format!("http://{}{path}", guest.ip()))
             .output()
             .ok()?;
         out.status

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testbed::cluster::{Cluster, Spec};
-use testbed::qemu::{Assets, Guest, Libvirtd, VmLan, netns_inode, qemu_pids, write_initramfs};
+use testbed::qemu::{
+    Assets, Guest, Libvirtd, ThinPool, VmLan, netns_inode, qemu_pids, write_initramfs,
+};
 use testbed::watch::Watcher;
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
@@ -46,8 +48,14 @@ impl Bed {
     /// Two hosts and the VM group `web`, whose `vm` monitor has
     /// `recovery`.
     fn start(recovery: &str) -> Self {
+        Self::start_with(recovery, Guest::new("web", 1), false)
+    }
+
+    /// [`Bed::start`] with `guest` as the VM; with `thin`, each host has a
+    /// thin pool of 1 MiB at `{dir}/vms/thin` holding the 64 MiB image
+    /// `data.raw`, and the guest's data disk is that image.
+    fn start_with(recovery: &str, mut guest: Guest, thin: bool) -> Self {
         let assets = Assets::find().unwrap_or_else(|e| panic!("{e:#}"));
-        let guest = Guest::new("web", 1);
         let group = format!(
             r#"[[groups]]
 name = "web"
@@ -85,6 +93,13 @@ recovery = {recovery}
         let c = ok(Cluster::start_with_net(&spec, |dir, net| {
             testbed::fence::install(dir);
             std::fs::create_dir_all(dir.join("vms"))?;
+            let pool = thin.then(|| ThinPool {
+                dir: dir.join("vms/thin"),
+                capacity_kib: 1024,
+                image: "data.raw".into(),
+                image_mib: 64,
+            });
+            guest.data_disk = pool.as_ref().map(ThinPool::image_path);
             let initrd = dir.join("vms/initrd.cpio");
             write_initramfs(&assets, &initrd)?;
             std::fs::write(
@@ -94,7 +109,11 @@ recovery = {recovery}
             let namespaces: Vec<String> = (0..2).map(|k| net.ns(k)).collect();
             lan = Some(VmLan::new(&namespaces)?);
             for (k, ns) in namespaces.iter().enumerate() {
-                hosts.push(Libvirtd::spawn(ns, &dir.join(format!("libvirt-n{k}")))?);
+                hosts.push(Libvirtd::spawn_with(
+                    ns,
+                    &dir.join(format!("libvirt-n{k}")),
+                    pool.as_ref(),
+                )?);
             }
             for h in &mut hosts {
                 let took = h.wait_ready(Duration::from_secs(30))?;
@@ -572,6 +591,130 @@ fn a_libvirtd_restart_is_survived_and_a_later_crash_is_still_seen() {
     bed.next_boot(&first, BOOT);
     assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n0".to_owned()]));
     assert!(testbed::fence::fenced(bed.c.dir()).is_empty());
+    let doubles = watcher.finish();
+    assert!(doubles.is_empty(), "web ran on two hosts: {doubles:?}");
+}
+
+#[test]
+fn a_guest_panic_is_seen_through_pvpanic_and_the_crashed_vm_is_destroyed_before_it_moves() {
+    // `preserve`: the crashed VM stays (its QEMU lives on, as for a crash
+    // dump), so it must be destroyed before the VM starts elsewhere.
+    let mut guest = Guest::new("web", 1);
+    guest.on_crash = "preserve".into();
+    let bed = Bed::start_with("{ restart = 0, failover = 1 }", guest, false);
+    let first = bed.first_page();
+    let watcher = bed.watch();
+
+    // The guest's kernel panics; the pvpanic device tells QEMU.
+    let asked = cluster_core::events::now_ms();
+    let t0 = Instant::now();
+    assert_eq!(
+        bed.lan
+            .get_path(&bed.guest, "/cgi-bin/panic", Duration::from_secs(5))
+            .as_deref(),
+        Some("panicking"),
+        "{}",
+        bed.diagnostics()
+    );
+    let failed = bed
+        .c
+        .wait_event(0, "monitor_failed", Duration::from_secs(20), |e| {
+            e["group"] == "web" && e["ts_ms"].as_u64() >= Some(asked)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", bed.diagnostics()));
+    let detail = failed["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        detail.contains("crashed") && detail.contains("panicked"),
+        "the monitor should name the panic: {failed}\n{}",
+        bed.diagnostics()
+    );
+    assert_eq!(failed["action"], "failover", "{failed}");
+    let second = bed.next_boot(&first, BOOT);
+    let took = t0.elapsed();
+
+    assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n1".to_owned()]));
+    assert_eq!(
+        bed.hosts[0].state("web"),
+        None,
+        "the crashed VM is still known to n0's libvirt"
+    );
+    assert!(testbed::fence::fenced(bed.c.dir()).is_empty());
+    let ev0 = bed.c.events(0);
+    let stopped = event_ts(&ev0, "group_stopped", "web", asked);
+    let starting = event_ts(&bed.c.events(1), "group_starting", "web", asked);
+    assert!(
+        stopped.is_some() && starting >= stopped,
+        "n1 started web at {starting:?}, before n0 had destroyed it at {stopped:?}"
+    );
+    let console = std::fs::read_to_string(bed.c.dir().join("vms/web.serial")).unwrap_or_default();
+    assert!(
+        console.contains("Kernel panic"),
+        "the guest's console shows no panic:\n{}",
+        tail(&console, 20)
+    );
+    println!(
+        "guest kernel panic on n0 to web answering from n1: {} ms (monitor failed {}, destroyed \
+         and stopped on n0 {}, start on n1 {}); monitor said: {detail}\nbefore: {first}\nafter:  \
+         {second}",
+        took.as_millis(),
+        after(failed["ts_ms"].as_u64(), asked),
+        after(stopped, asked),
+        after(starting, asked),
+    );
+    let doubles = watcher.finish();
+    assert!(doubles.is_empty(), "web ran on two hosts: {doubles:?}");
+}
+
+#[test]
+fn a_vm_paused_on_an_io_error_is_a_failure_and_is_restarted_by_the_recovery_ladder() {
+    let bed = Bed::start_with("{ restart = 1, failover = 1 }", Guest::new("web", 1), true);
+    let first = bed.first_page();
+    let watcher = bed.watch();
+
+    // The guest writes 64 MiB to a disk whose thin pool holds 1 MiB:
+    // QEMU gets ENOSPC and, with error_policy='stop', pauses the VM.
+    let asked = cluster_core::events::now_ms();
+    let t0 = Instant::now();
+    assert_eq!(
+        bed.lan
+            .get_path(&bed.guest, "/cgi-bin/fill", Duration::from_secs(5))
+            .as_deref(),
+        Some("filling /dev/vda"),
+        "{}",
+        bed.diagnostics()
+    );
+    let failed = bed
+        .c
+        .wait_event(0, "monitor_failed", Duration::from_secs(30), |e| {
+            e["group"] == "web" && e["ts_ms"].as_u64() >= Some(asked)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", bed.diagnostics()));
+    let detail = failed["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        detail.contains("io-error"),
+        "the monitor should name the I/O error: {failed}\n{}",
+        bed.diagnostics()
+    );
+    assert_eq!(failed["action"], "restart", "{failed}");
+    let second = bed.next_boot(&first, BOOT);
+    let took = t0.elapsed();
+
+    // Restarted here (the paused run destroyed first), not failed over.
+    assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n0".to_owned()]));
+    assert!(testbed::fence::fenced(bed.c.dir()).is_empty());
+    assert!(
+        event_ts(&bed.c.events(1), "group_starting", "web", 0).is_none(),
+        "web was started on n1"
+    );
+    let ev = bed.c.events(0);
+    println!(
+        "guest write to a full thin pool on n0 to web answering again on n0: {} ms (monitor \
+         failed {}, VM created again {}); monitor said: {detail}\nbefore: {first}\nafter:  \
+         {second}",
+        took.as_millis(),
+        after(failed["ts_ms"].as_u64(), asked),
+        after(event_ts(&ev, "resource_started", "web", asked), asked),
+    );
     let doubles = watcher.finish();
     assert!(doubles.is_empty(), "web ran on two hosts: {doubles:?}");
 }
