@@ -43,20 +43,11 @@ impl EventLog {
     }
 
     /// Record one event. `details` must be a JSON object (others are
-    /// stored under `details`).
+    /// stored under `details`). `ts_ms`, `node` and `kind` are the
+    /// event's own: a detail of one of those names is kept as
+    /// `detail_NAME` (and is a bug of its emitter).
     pub fn emit(&self, kind: &str, details: Value) {
-        let mut obj = Map::new();
-        obj.insert("ts_ms".into(), now_ms().into());
-        obj.insert("node".into(), self.node.clone().into());
-        obj.insert("kind".into(), kind.into());
-        match details {
-            Value::Object(m) => obj.extend(m),
-            Value::Null => {}
-            other => {
-                obj.insert("details".into(), other);
-            }
-        }
-        let line = Value::Object(obj).to_string();
+        let line = Value::Object(record(now_ms(), &self.node, kind, details)).to_string();
         tracing::info!(target: "event", "{line}");
         let mut out = self
             .out
@@ -66,6 +57,32 @@ impl EventLog {
             tracing::error!(error = %e, path = %self.path.display(), "cannot write the event log");
         }
     }
+}
+
+/// The JSON object of one event.
+fn record(ts_ms: u64, node: &str, kind: &str, details: Value) -> Map<String, Value> {
+    const OWN: [&str; 3] = ["ts_ms", "node", "kind"];
+    let mut obj = Map::new();
+    obj.insert("ts_ms".into(), ts_ms.into());
+    obj.insert("node".into(), node.into());
+    obj.insert("kind".into(), kind.into());
+    match details {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if OWN.contains(&k.as_str()) {
+                    tracing::warn!(kind, detail = %k, "an event detail has the name of an event field; renamed");
+                    obj.insert(format!("detail_{k}"), v);
+                } else {
+                    obj.insert(k, v);
+                }
+            }
+        }
+        Value::Null => {}
+        other => {
+            obj.insert("details".into(), other);
+        }
+    }
+    obj
 }
 
 #[cfg(test)]
@@ -87,10 +104,27 @@ mod tests {
         assert_eq!(lines[0]["kind"], "peer_lost");
         assert_eq!(lines[0]["peer"], "n2");
         assert_eq!(lines[1]["node"], "n1");
+        assert_eq!(lines[1]["kind"], "quorum_lost");
         assert!(
             lines[1]["ts_ms"]
                 .as_u64()
                 .is_some_and(|t| t > 1_600_000_000_000)
         );
+    }
+
+    #[test]
+    fn a_detail_never_hides_the_event_s_own_fields() {
+        let e = record(
+            5,
+            "n0",
+            "watchdog_armed",
+            serde_json::json!({"kind": "none", "node": "n2", "ts_ms": 1, "lease_ms": 10}),
+        );
+        assert_eq!(e["kind"], "watchdog_armed");
+        assert_eq!(e["node"], "n0");
+        assert_eq!(e["ts_ms"], 5);
+        assert_eq!(e["detail_kind"], "none");
+        assert_eq!(e["detail_node"], "n2");
+        assert_eq!(e["lease_ms"], 10);
     }
 }

@@ -377,7 +377,7 @@ async fn run(
                     last_feed = now;
                     match crate::watchdog::arm(&p.watchdog) {
                         Ok(w) => {
-                            p.events.emit("watchdog_armed", json!({"kind": p.watchdog.kind, "lease_ms": p.watchdog.lease.get().as_millis() as u64}));
+                            p.events.emit("watchdog_armed", json!({"watchdog": p.watchdog.kind, "lease_ms": p.watchdog.lease.get().as_millis() as u64}));
                             watchdog = Some(w);
                         }
                         Err(e) => {

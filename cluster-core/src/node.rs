@@ -727,6 +727,12 @@ impl NodeCore {
         if let (Some(g), Value::Object(m)) = (g, &mut details) {
             m.insert("group".into(), self.topo.groups[g].name.clone().into());
         }
+        debug_assert!(
+            ["ts_ms", "node", "kind"]
+                .iter()
+                .all(|k| details.get(k).is_none()),
+            "event `{kind}` has a detail named like an event field: {details}"
+        );
         out.push(Effect::Event { kind, details });
     }
 
@@ -1086,7 +1092,7 @@ impl NodeCore {
                     out,
                     "group_placed",
                     json!({
-                        "node": node.and_then(|n| self.topo.nodes.get(usize::from(n))),
+                        "to": node.and_then(|n| self.topo.nodes.get(usize::from(n))),
                         "from": a.node.and_then(|n| self.topo.nodes.get(usize::from(n))),
                         "reason": reason.describe(&self.topo),
                     }),

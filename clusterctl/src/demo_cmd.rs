@@ -230,23 +230,24 @@ impl Say {
 }
 
 /// One line of a demo's timeline: milliseconds after `since`, the event's
-/// kind and its `keys` that are set (in `group_placed`, `node` is the
-/// target: shown as `to`, `nowhere` when none).
+/// kind and its `keys` that are set (`group_placed`'s `to` is shown as
+/// `nowhere` when the group is placed on no node).
 fn timeline_line(e: &serde_json::Value, since: u64, keys: &[&str]) -> String {
     let at = e["ts_ms"].as_u64().unwrap_or(since).saturating_sub(since);
     let placed = e["kind"] == "group_placed";
     let detail = keys
         .iter()
         .filter_map(|k| {
-            e.get(*k).filter(|v| !v.is_null() || placed).map(|v| {
-                let label = if placed && *k == "node" { "to" } else { k };
-                let value = if v.is_null() {
-                    "nowhere".to_owned()
-                } else {
-                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                };
-                format!("{label}={value}")
-            })
+            e.get(*k)
+                .filter(|v| !v.is_null() || (placed && *k == "to"))
+                .map(|v| {
+                    let value = if v.is_null() {
+                        "nowhere".to_owned()
+                    } else {
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                    };
+                    format!("{k}={value}")
+                })
         })
         .collect::<Vec<_>>()
         .join(" ");

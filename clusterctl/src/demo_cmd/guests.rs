@@ -808,7 +808,7 @@ pub(super) fn failover(dir: &Path, config_path: PathBuf, json: bool) -> anyhow::
         say.line(super::timeline_line(
             e,
             killed_at,
-            &["peer", "by", "resource", "reason", "wait_ms", "error"],
+            &["to", "peer", "by", "resource", "reason", "wait_ms", "error"],
         ));
     }
     say.line(format_args!("\n{}", crate::status_cmd::render(&status)));

@@ -226,7 +226,7 @@ pub(super) fn failover(dir: &Path, hosts: &mut Started, json: bool) -> anyhow::R
     }
     events.sort_by_key(|e| e["ts_ms"].as_u64().unwrap_or(0));
     // Placement and fencing decisions are the coordinator's; starts are
-    // each host's own. (In `group_placed`, `node` is the target.)
+    // each host's own.
     events.retain(|e| {
         let by_witness = e["node"] == WITNESS;
         let kind = e["kind"].as_str().unwrap_or("");
@@ -255,7 +255,7 @@ pub(super) fn failover(dir: &Path, hosts: &mut Started, json: bool) -> anyhow::R
         say.line(super::timeline_line(
             e,
             killed_at,
-            &["node", "peer", "group", "by", "reason"],
+            &["node", "to", "peer", "group", "by", "reason"],
         ));
     }
     let status = crate::status_cmd::fetch(&witness_socket)?;
