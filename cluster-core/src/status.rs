@@ -133,7 +133,8 @@ pub struct LinkStatus {
 pub struct Dropped {
     /// Failed authentication.
     pub forged: u64,
-    /// Sequence number already seen.
+    /// Sequence number already seen on that path (link and local
+    /// address), or older than the newest on that link.
     pub replayed: u64,
     /// From an older incarnation.
     pub stale: u64,

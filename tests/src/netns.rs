@@ -220,6 +220,22 @@ impl Net {
         )
     }
 
+    /// Drop every IPv4 packet (`ipv4`) or every IPv6 packet node `k`
+    /// sends or receives, on every link: one address family broken, the
+    /// other working.
+    pub fn drop_family(&self, k: usize, ipv4: bool) -> anyhow::Result<()> {
+        self.table(k)?;
+        let family = if ipv4 { "ipv4" } else { "ipv6" };
+        self.nft(
+            k,
+            &format!(
+                "add rule inet kvhatest input meta nfproto {family} drop
+                 add rule inet kvhatest output meta nfproto {family} drop
+"
+            ),
+        )
+    }
+
     /// Remove every partition and loss rule.
     pub fn heal(&self) -> anyhow::Result<()> {
         for k in 0..self.nodes {

@@ -162,6 +162,46 @@ fn ipv6_only_cluster_works() {
     assert_eq!(member_state(&c, 2, 0), Some(MemberState::Alive));
 }
 
+#[test]
+fn a_dual_stack_link_counts_no_replays_and_survives_the_loss_of_ipv4() {
+    // Every beat goes to each peer's IPv4 and IPv6 address on the link:
+    // two copies, each its own path, neither a replay.
+    let c = start(&Spec {
+        ipv4: true,
+        ipv6: true,
+        ..spec(3, 1)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for k in 0..3 {
+        let s = c.status(k).unwrap_or_else(|e| panic!("{e:#}"));
+        for (of, m) in s.members.iter().enumerate() {
+            assert_eq!(
+                m.dropped.unwrap_or_default(),
+                Default::default(),
+                "n{k} dropped heartbeats of n{of} on a healthy cluster: {m:?}"
+            );
+        }
+    }
+    // IPv4 lost on n1's link (nftables drops it both ways): IPv6 alone
+    // keeps the link up, with no alert and no loss.
+    let since = cluster_core::events::now_ms();
+    c.net
+        .drop_family(1, true)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    std::thread::sleep(Duration::from_millis(3 * TIMEOUT_MS));
+    for k in [0, 2] {
+        assert_eq!(member_state(&c, k, 1), Some(MemberState::Alive));
+        assert!(
+            !c.events(k).iter().any(|e| {
+                ["peer_lost", "link_down"].contains(&e["kind"].as_str().unwrap_or(""))
+                    && e["ts_ms"].as_u64() >= Some(since)
+            }),
+            "n{k} saw n1 or its link go: {:?}",
+            c.events(k)
+        );
+    }
+}
+
 /// Send raw datagrams to node `to` from inside node `from`'s namespace.
 fn send_from(c: &Cluster, from: usize, to: usize, datagrams: &[Vec<u8>]) {
     let hexes: Vec<String> = datagrams.iter().map(|d| hex_encode(d)).collect();

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use tracker::{Arrival, Drop, Tracker};
 pub use tracker::{Change, DropCounts, Liveness};
-use tracker::{Drop, Tracker};
 use wire::{ClusterKey, Heartbeat, MAX_DATAGRAM, View};
 
 /// One heartbeat link as this node uses it.
@@ -184,6 +184,8 @@ pub enum StartError {
 
 struct Socket {
     link: usize,
+    /// The index of `local` among the link's local addresses.
+    path: usize,
     local: IpAddr,
     socket: std::net::UdpSocket,
 }
@@ -197,7 +199,7 @@ pub fn start(
 ) -> Result<Membership, StartError> {
     let mut sockets = Vec::new();
     for (l, link) in plan.links.iter().enumerate() {
-        for &local in &link.local {
+        for (path, &local) in link.local.iter().enumerate() {
             let addr = SocketAddr::new(local, link.port);
             let bind_err = |source| StartError::Bind {
                 link: link.name.clone(),
@@ -208,6 +210,7 @@ pub fn start(
             socket.set_nonblocking(true).map_err(bind_err)?;
             sockets.push(Socket {
                 link: l,
+                path,
                 local,
                 socket,
             });
@@ -357,7 +360,11 @@ async fn run(
                         let outcome = match wire::open(&key, bytes) {
                             Ok(opened) => {
                                 let sender = usize::from(opened.header.sender);
-                                receive(&mut tracker, &mut view_bytes, now, socket.link, opened)
+                                let at = Arrival {
+                                    link: socket.link,
+                                    path: socket.path,
+                                };
+                                receive(&mut tracker, &mut view_bytes, now, at, opened)
                                     .map(|cs| (sender, cs))
                                     .map_err(|d| (Some(sender), d))
                             }
@@ -415,13 +422,13 @@ fn receive(
     tracker: &mut Tracker,
     view_bytes: &mut [Vec<u8>],
     now: Instant,
-    link: usize,
+    at: Arrival,
     opened: wire::Opened<'_>,
 ) -> Result<Vec<Change>, Drop> {
     let sender = usize::from(opened.header.sender);
     let known = view_bytes.get(sender);
     if tracker.has_view(sender) && known.is_some_and(|b| b.as_slice() == opened.view) {
-        return tracker.on_heartbeat_same_view(now, link, opened.header);
+        return tracker.on_heartbeat_same_view(now, at, opened.header);
     }
     let view = match opened.parse_view() {
         Ok(v) => v,
@@ -429,7 +436,7 @@ fn receive(
     };
     let changes = tracker.on_heartbeat(
         now,
-        link,
+        at,
         wire::Heartbeat {
             link: opened.header.link,
             sender: opened.header.sender,

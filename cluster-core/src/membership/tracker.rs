@@ -7,8 +7,13 @@
 //! of them have been silent for `timeout`. A link that falls silent while
 //! another lives is an alert (`LinkDown`), not a loss. A heartbeat is
 //! accepted only if its incarnation is not older than the newest seen from
-//! that peer and its sequence number is above the last accepted on that
-//! link; anything else is a replay or stale and is dropped and counted.
+//! that peer, its sequence number is above the last accepted on the same
+//! path (the link and the local address it arrived at), and not below the
+//! newest accepted on that link; anything else is a replay or stale and is
+//! dropped and counted. A sender sends each beat once to each of the
+//! receiver's addresses on a link (IPv4 and IPv6, say): every copy comes by
+//! its own path and is accepted, and a copy replayed to another address of
+//! the link is at most as new as the newest already heard there.
 
 use std::time::{Duration, Instant};
 
@@ -28,12 +33,23 @@ pub enum Liveness {
     Lost,
 }
 
+/// Where a heartbeat arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    /// The link (index in the configuration).
+    pub link: usize,
+    /// The local address of that link it arrived at (index among the
+    /// link's local addresses).
+    pub path: usize,
+}
+
 /// Datagrams dropped per reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DropCounts {
     /// Failed authentication.
     pub forged: u64,
-    /// A sequence number already seen on that link.
+    /// A sequence number already seen on that path, or older than the
+    /// newest seen on that link.
     pub replayed: u64,
     /// From an older incarnation of the peer.
     pub stale: u64,
@@ -99,7 +115,10 @@ pub enum Drop {
 #[derive(Clone, Debug)]
 struct LinkState {
     last_heard: Option<Instant>,
+    /// The newest sequence number accepted on this link, by any path.
     last_seq: u64,
+    /// The newest accepted per path (local address), grown on first use.
+    path_seq: Vec<u64>,
     up: bool,
     /// A `LinkDown` was reported and no `LinkUp` since.
     reported_down: bool,
@@ -150,6 +169,7 @@ impl Tracker {
                 LinkState {
                     last_heard: None,
                     last_seq: 0,
+                    path_seq: Vec::new(),
                     up: false,
                     reported_down: false,
                 };
@@ -208,11 +228,11 @@ impl Tracker {
         drop
     }
 
-    /// A heartbeat arrived on link `arrived_on`.
+    /// A heartbeat arrived.
     pub fn on_heartbeat(
         &mut self,
         now: Instant,
-        arrived_on: usize,
+        arrived_on: Arrival,
         hb: Heartbeat,
     ) -> Result<Vec<Change>, Drop> {
         let Heartbeat {
@@ -231,13 +251,13 @@ impl Tracker {
         self.accept(now, arrived_on, header, Some(view))
     }
 
-    /// A heartbeat arrived on link `arrived_on` whose view is, byte for
-    /// byte, the one its sender sent before (see [`Tracker::has_view`]):
-    /// only the header is new.
+    /// A heartbeat arrived whose view is, byte for byte, the one its
+    /// sender sent before (see [`Tracker::has_view`]): only the header is
+    /// new.
     pub fn on_heartbeat_same_view(
         &mut self,
         now: Instant,
-        arrived_on: usize,
+        arrived_on: Arrival,
         header: Header,
     ) -> Result<Vec<Change>, Drop> {
         self.accept(now, arrived_on, header, None)
@@ -252,7 +272,7 @@ impl Tracker {
     fn accept(
         &mut self,
         now: Instant,
-        arrived_on: usize,
+        arrived_on: Arrival,
         hb: Header,
         view: Option<View>,
     ) -> Result<Vec<Change>, Drop> {
@@ -263,7 +283,7 @@ impl Tracker {
         }
         let link = usize::from(hb.link);
         let peer = &mut self.peers[p];
-        if link != arrived_on || link >= peer.links.len() {
+        if link != arrived_on.link || link >= peer.links.len() {
             peer.drops.malformed += 1;
             return Err(Drop::WrongLink);
         }
@@ -274,7 +294,9 @@ impl Tracker {
                 return Err(Drop::Stale);
             }
             Some(known) if hb.incarnation == known => {
-                if hb.seq <= peer.links[link].last_seq {
+                let state = &peer.links[link];
+                let path_seq = state.path_seq.get(arrived_on.path).copied().unwrap_or(0);
+                if hb.seq <= path_seq || hb.seq < state.last_seq {
                     peer.drops.replayed += 1;
                     return Err(Drop::Replayed);
                 }
@@ -290,11 +312,16 @@ impl Tracker {
                 peer.incarnation = Some(hb.incarnation);
                 for l in &mut peer.links {
                     l.last_seq = 0;
+                    l.path_seq.clear();
                 }
             }
         }
         let state = &mut peer.links[link];
         state.last_seq = hb.seq;
+        if state.path_seq.len() <= arrived_on.path {
+            state.path_seq.resize(arrived_on.path + 1, 0);
+        }
+        state.path_seq[arrived_on.path] = hb.seq;
         state.last_heard = Some(now);
         if !state.up {
             state.up = true;
@@ -386,6 +413,11 @@ mod tests {
         }
     }
 
+    /// Arrived on `link`, at its first local address.
+    fn on(link: usize) -> Arrival {
+        Arrival { link, path: 0 }
+    }
+
     fn ms(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
     }
@@ -395,13 +427,13 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Tracker::new(0, 2, 2, T, t0);
         assert_eq!(
-            m.on_heartbeat(t0, 0, hb(1, 0, 1, 1)),
+            m.on_heartbeat(t0, on(0), hb(1, 0, 1, 1)),
             Ok(vec![Change::PeerAlive { peer: 1 }])
         );
-        assert_eq!(m.on_heartbeat(t0, 1, hb(1, 1, 1, 1)), Ok(vec![]));
+        assert_eq!(m.on_heartbeat(t0, on(1), hb(1, 1, 1, 1)), Ok(vec![]));
         // Link 1 keeps talking, link 0 goes silent: an alert only.
         for i in 1..=10 {
-            let _ = m.on_heartbeat(ms(t0, i * 100), 1, hb(1, 1, 1, 1 + i));
+            let _ = m.on_heartbeat(ms(t0, i * 100), on(1), hb(1, 1, 1, 1 + i));
         }
         let changes = m.tick(ms(t0, 1000));
         assert_eq!(changes, vec![Change::LinkDown { peer: 1, link: 0 }]);
@@ -414,7 +446,7 @@ mod tests {
         ));
         // Back on link 0: alive again.
         assert_eq!(
-            m.on_heartbeat(ms(t0, 2000), 0, hb(1, 0, 1, 50)),
+            m.on_heartbeat(ms(t0, 2000), on(0), hb(1, 0, 1, 50)),
             Ok(vec![Change::PeerAlive { peer: 1 }])
         );
     }
@@ -423,15 +455,21 @@ mod tests {
     fn replays_and_stale_incarnations_are_dropped_and_counted() {
         let t0 = Instant::now();
         let mut m = Tracker::new(0, 2, 1, T, t0);
-        assert!(m.on_heartbeat(t0, 0, hb(1, 0, 5, 10)).is_ok());
-        assert_eq!(m.on_heartbeat(t0, 0, hb(1, 0, 5, 10)), Err(Drop::Replayed));
-        assert_eq!(m.on_heartbeat(t0, 0, hb(1, 0, 5, 9)), Err(Drop::Replayed));
-        assert_eq!(m.on_heartbeat(t0, 0, hb(1, 0, 4, 99)), Err(Drop::Stale));
+        assert!(m.on_heartbeat(t0, on(0), hb(1, 0, 5, 10)).is_ok());
+        assert_eq!(
+            m.on_heartbeat(t0, on(0), hb(1, 0, 5, 10)),
+            Err(Drop::Replayed)
+        );
+        assert_eq!(
+            m.on_heartbeat(t0, on(0), hb(1, 0, 5, 9)),
+            Err(Drop::Replayed)
+        );
+        assert_eq!(m.on_heartbeat(t0, on(0), hb(1, 0, 4, 99)), Err(Drop::Stale));
         assert_eq!(m.peers()[1].drops.replayed, 2);
         assert_eq!(m.peers()[1].drops.stale, 1);
         // A restart starts sequence numbers again.
         assert_eq!(
-            m.on_heartbeat(t0, 0, hb(1, 0, 6, 1)),
+            m.on_heartbeat(t0, on(0), hb(1, 0, 6, 1)),
             Ok(vec![Change::PeerRestarted {
                 peer: 1,
                 incarnation: 6
@@ -440,16 +478,46 @@ mod tests {
     }
 
     #[test]
+    fn a_beat_sent_to_each_address_of_a_link_is_taken_once_per_address() {
+        let t0 = Instant::now();
+        let mut m = Tracker::new(0, 2, 1, T, t0);
+        let v4 = Arrival { link: 0, path: 0 };
+        let v6 = Arrival { link: 0, path: 1 };
+        for seq in 1..=5 {
+            assert!(
+                m.on_heartbeat(ms(t0, seq * 100), v4, hb(1, 0, 5, seq))
+                    .is_ok()
+            );
+            assert!(
+                m.on_heartbeat(ms(t0, seq * 100), v6, hb(1, 0, 5, seq))
+                    .is_ok()
+            );
+        }
+        assert_eq!(m.peers()[1].drops, DropCounts::default());
+        // The same beat again on a path: a replay.
+        assert_eq!(m.on_heartbeat(t0, v6, hb(1, 0, 5, 5)), Err(Drop::Replayed));
+        // A beat older than the newest on the link, to an address that
+        // has not had it (that path fell behind): a replay too.
+        assert!(m.on_heartbeat(t0, v4, hb(1, 0, 5, 7)).is_ok());
+        assert_eq!(m.on_heartbeat(t0, v6, hb(1, 0, 5, 6)), Err(Drop::Replayed));
+        assert!(m.on_heartbeat(t0, v6, hb(1, 0, 5, 7)).is_ok());
+        assert_eq!(m.peers()[1].drops.replayed, 2);
+    }
+
+    #[test]
     fn datagrams_on_the_wrong_link_or_from_no_peer_are_dropped() {
         let t0 = Instant::now();
         let mut m = Tracker::new(0, 2, 2, T, t0);
-        assert_eq!(m.on_heartbeat(t0, 1, hb(1, 0, 1, 1)), Err(Drop::WrongLink));
         assert_eq!(
-            m.on_heartbeat(t0, 0, hb(0, 0, 1, 1)),
+            m.on_heartbeat(t0, on(1), hb(1, 0, 1, 1)),
+            Err(Drop::WrongLink)
+        );
+        assert_eq!(
+            m.on_heartbeat(t0, on(0), hb(0, 0, 1, 1)),
             Err(Drop::UnknownSender)
         );
         assert_eq!(
-            m.on_heartbeat(t0, 0, hb(7, 0, 1, 1)),
+            m.on_heartbeat(t0, on(0), hb(7, 0, 1, 1)),
             Err(Drop::UnknownSender)
         );
         assert_eq!(m.on_undecodable(DecodeError::Forged(1)), Drop::Forged);
