@@ -36,23 +36,17 @@ pub async fn group_request(
 ///
 /// # Errors
 /// Unknown group or node, a move to a node the group may not run on
-/// (from [`api::check_group_command`]); no runtime on this daemon
-/// (not implemented); the request was queued but no placement applied it
+/// (from [`api::check_group_command`]); the request was queued but no
+/// placement applied it
 /// within [`APPLY_TIMEOUT`] (unavailable: typically no quorum).
 pub async fn group_command(
     config: &conf::Config,
-    runtime: Option<&Runtime>,
+    runtime: &Runtime,
     me: usize,
     group: &str,
     command: GroupCommand,
 ) -> Result<Response, ApiError> {
     api::check_group_command(config, group, &command)?;
-    let Some(runtime) = runtime else {
-        return Err(ApiError::not_implemented(format!(
-            "this daemon does not place groups yet (host clusters: VM failover is not in this \
-             version); `{command}` of `{group}` was not done"
-        )));
-    };
     let gid = config
         .groups
         .iter()
@@ -120,15 +114,8 @@ fn accepted_message(
 /// The groups of `clusterctl status`: the configuration, overlaid with
 /// what the runtime knows (target, reason, state here and elsewhere,
 /// restart and failover counts, excluded nodes).
-pub fn group_status(
-    config: &conf::Config,
-    me: &str,
-    core: Option<&CoreStatus>,
-) -> Vec<GroupStatus> {
+pub fn group_status(config: &conf::Config, me: &str, core: &CoreStatus) -> Vec<GroupStatus> {
     let mut groups = crate::status::configured_groups(config);
-    let Some(core) = core else {
-        return groups;
-    };
     let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
     let name = |n: u16| names.get(usize::from(n)).map(|s| (*s).to_owned());
     for (i, g) in groups.iter_mut().enumerate() {
@@ -193,11 +180,12 @@ pub fn engine_status(core: &CoreStatus, names: &[String]) -> EngineStatus {
 /// placement (as `core` has it) puts there, by the groups' demands.
 pub fn capacity_status(
     config: &conf::Config,
-    core: Option<&CoreStatus>,
+    core: &CoreStatus,
 ) -> Vec<crate::status::NodeCapacity> {
     let topo = crate::placement::Topology::from_config(config);
     let assignments = core
-        .and_then(|c| c.published.as_ref())
+        .published
+        .as_ref()
         .map(|p| p.groups.as_slice())
         .unwrap_or_default();
     topo.nodes

@@ -64,7 +64,7 @@ pub struct Engine {
     guard: watch::Receiver<GuardState>,
     disarm: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     incarnation: u64,
-    runtime: Option<crate::runtime::Runtime>,
+    runtime: crate::runtime::Runtime,
     me: usize,
     /// Longest a clean shutdown waits for this node's groups to stop.
     stop_budget: std::time::Duration,
@@ -156,7 +156,6 @@ impl Engine {
             drivers.clone(),
         ));
         let groups: Arc<dyn LocalGroups> = runtime_groups.clone();
-        let managed = Some((runtime_groups, drivers));
         let (guard, disarm) = guard::spawn(GuardParts {
             config: config.clone(),
             me,
@@ -167,22 +166,19 @@ impl Engine {
             groups,
             witness,
         });
-        let runtime = managed.map(|(groups, drivers)| {
-            let rt = crate::runtime::Runtime::spawn(crate::runtime::RuntimeParts {
-                config: config.clone(),
-                me,
-                generation: config_generation(config_file),
-                state_dir: state_dir.to_owned(),
-                state: resume,
-                events: events.clone(),
-                membership: snapshot.clone(),
-                guard: guard.clone(),
-                view,
-                drivers,
-            });
-            groups.attach(rt.clone());
-            rt
+        let runtime = crate::runtime::Runtime::spawn(crate::runtime::RuntimeParts {
+            config: config.clone(),
+            me,
+            generation: config_generation(config_file),
+            state_dir: state_dir.to_owned(),
+            state: resume,
+            events: events.clone(),
+            membership: snapshot.clone(),
+            guard: guard.clone(),
+            view,
+            drivers,
         });
+        runtime_groups.attach(runtime.clone());
         Ok(Arc::new(Self {
             node: node.to_owned(),
             events,
@@ -208,18 +204,16 @@ impl Engine {
     /// purpose does not reset the node. Peers still fence this node or
     /// wait out its lease before they take its groups over.
     pub async fn shutdown(&self) {
-        if let Some(rt) = &self.runtime {
-            let budget = self.stop_budget;
-            if !rt.shutdown(budget).await {
-                tracing::error!(
-                    budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
-                    "groups not stopped within their stop timeouts; exiting anyway (peers fence this node)"
-                );
-                self.events.emit(
-                    "groups_not_stopped",
-                    json!({"why": "stop timeouts exceeded"}),
-                );
-            }
+        let budget = self.stop_budget;
+        if !self.runtime.shutdown(budget).await {
+            tracing::error!(
+                budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+                "groups not stopped within their stop timeouts; exiting anyway (peers fence this node)"
+            );
+            self.events.emit(
+                "groups_not_stopped",
+                json!({"why": "stop timeouts exceeded"}),
+            );
         }
         let disarm = self.disarm.lock().ok().and_then(|mut d| d.take());
         if let Some(d) = disarm {
@@ -268,9 +262,9 @@ impl Engine {
             .collect()
     }
 
-    /// The engine's runtime, when it places and runs groups.
-    pub fn runtime(&self) -> Option<&crate::runtime::Runtime> {
-        self.runtime.as_ref()
+    /// The engine's runtime: it places and runs the groups.
+    pub fn runtime(&self) -> &crate::runtime::Runtime {
+        &self.runtime
     }
 
     /// This node's index in the configuration.

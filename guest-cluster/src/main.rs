@@ -69,12 +69,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ladder_engine = engine.clone();
     // A signal, or the recovery ladder's final action `stop_daemon`.
     let stop = async move {
-        let ladder = async {
-            match ladder_engine.runtime() {
-                Some(rt) => rt.stopped().await,
-                None => std::future::pending().await,
-            }
-        };
+        let ladder = ladder_engine.runtime().stopped();
         tokio::select! {
             () = daemon::shutdown_signal() => {}
             () = ladder => tracing::error!("stopping: the recovery ladder's final action is stop_daemon"),

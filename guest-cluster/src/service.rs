@@ -36,11 +36,9 @@ impl GuestService {
 
     fn status(&self) -> NodeStatus {
         let members = self.engine.members();
-        let core = self
-            .engine
-            .runtime()
-            .map(cluster_core::runtime::Runtime::status);
-        let groups = cluster_core::control::group_status(&self.config, &self.node, core.as_ref());
+        let runtime = self.engine.runtime();
+        let core = runtime.status();
+        let groups = cluster_core::control::group_status(&self.config, &self.node, &core);
         NodeStatus {
             cluster: self.config.cluster.name.clone(),
             kind: self.config.cluster.kind,
@@ -53,10 +51,7 @@ impl GuestService {
             quorum: self.engine.quorum(),
             takeovers: self.engine.takeovers(),
             groups,
-            engine: self
-                .engine
-                .runtime()
-                .map(|rt| cluster_core::control::engine_status(&rt.status(), rt.names())),
+            engine: Some(cluster_core::control::engine_status(&core, runtime.names())),
             hypervisor: None,
             capacity: Vec::new(),
         }

@@ -100,8 +100,8 @@ pub struct PlacementView {
 
 /// The host cluster's view of where groups run, for the fencer.
 pub trait ClusterView: Send + Sync + fmt::Debug {
-    /// The view now; `None` when this host cannot tell (its engine does
-    /// not place groups).
+    /// The view now; `None` when this host cannot tell (then a fence of
+    /// a VM not found here is not confirmed).
     fn placement(&self) -> Option<PlacementView>;
 }
 
@@ -126,10 +126,10 @@ impl EngineView {
 
 impl ClusterView for EngineView {
     fn placement(&self) -> Option<PlacementView> {
-        let core = self.engine.runtime()?.status();
+        let core = self.engine.runtime().status();
         Some(PlacementView {
             quorate: self.engine.quorum().is_some_and(|q| q.quorate),
-            groups: cluster_core::control::group_status(&self.config, &self.node, Some(&core)),
+            groups: cluster_core::control::group_status(&self.config, &self.node, &core),
         })
     }
 }
@@ -832,7 +832,7 @@ fn whereabouts(me: &str, managed: Option<&ManagedVm>, view: Option<PlacementView
         );
     };
     let Some(view) = view else {
-        return Whereabouts::Unknown("this host's engine does not place groups".into());
+        return Whereabouts::Unknown("this host cannot tell where its cluster runs the VM".into());
     };
     if !view.quorate {
         return Whereabouts::Unknown(

@@ -52,12 +52,10 @@ impl HostService {
 
     async fn status(&self) -> NodeStatus {
         let members = self.engine.members();
-        let core = self
-            .engine
-            .runtime()
-            .map(cluster_core::runtime::Runtime::status);
-        let groups = cluster_core::control::group_status(&self.config, &self.node, core.as_ref());
-        let capacity = cluster_core::control::capacity_status(&self.config, core.as_ref());
+        let runtime = self.engine.runtime();
+        let core = runtime.status();
+        let groups = cluster_core::control::group_status(&self.config, &self.node, &core);
+        let capacity = cluster_core::control::capacity_status(&self.config, &core);
         let domains = self.hypervisor.inventory().await;
         let vm_names: Vec<&str> = self
             .config
@@ -100,10 +98,7 @@ impl HostService {
             quorum: self.engine.quorum(),
             takeovers: self.engine.takeovers(),
             groups,
-            engine: self
-                .engine
-                .runtime()
-                .map(|rt| cluster_core::control::engine_status(&rt.status(), rt.names())),
+            engine: Some(cluster_core::control::engine_status(&core, runtime.names())),
             hypervisor: Some(hypervisor),
             capacity,
         }
