@@ -12,6 +12,7 @@ mod endpoint;
 mod load;
 mod model;
 mod reference;
+mod secret;
 mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
@@ -20,6 +21,7 @@ pub use endpoint::{Endpoint, ParseEndpointError, VSOCK_CID_ANY, VSOCK_CID_HOST};
 pub use load::{LoadError, load, load_str};
 pub use model::*;
 pub use reference::reference_markdown;
+pub use secret::{MIN_SECRET_BYTES, SecretFileError, read_secret_file};
 
 /// The most nodes one cluster may have.
 pub const MAX_NODES: usize = 64;

@@ -1,17 +1,31 @@
 //! The host<->guest channel.
 //!
-//! A host daemon and each guest daemon on it keep one session over vsock, a
-//! Unix socket or TCP. Everything on it is a [`Frame`]: a protocol version,
-//! a sequence number and one [`Message`], written as a 4-byte big-endian
-//! length followed by JSON. Frames above [`MAX_FRAME`] bytes or of another
-//! major version are refused before they are parsed.
+//! A host daemon and each guest daemon on it keep one session over a Unix
+//! socket or TCP (vsock is refused until it can be tested). A session
+//! opens with a handshake in which the guest and the host each prove they
+//! hold the guest's own linkage key ([`LinkKey`]); every frame after it
+//! carries a [`Frame`] (protocol version, sequence number, one
+//! [`Message`]) tagged with a key of its direction, so a frame forged,
+//! changed, replayed or reflected ends the session (see [`session`]).
 //!
-//! Per-guest authentication of the session and the transports themselves
-//! come with the linkage work; the message set is fixed here so both daemons
-//! and the docs agree on it.
+//! - [`client::HostLink`]: the guest's side, opened again whenever it
+//!   breaks; requests (`Fence`, `WhereAmI`) and their answers, liveness
+//!   every second, and what the host pushes.
+//! - [`server::LinkServer`]: the host's side; authenticated guests'
+//!   messages go to a [`server::GuestHandler`]; status lists the sessions.
 
+pub mod client;
 mod frame;
+mod key;
 mod message;
+pub mod server;
+pub mod session;
+pub mod transport;
 
-pub use frame::{Frame, FrameError, MAX_FRAME, PROTOCOL_VERSION, read_frame, write_frame};
+pub use client::{FenceAnswer, HostLink, LIVENESS_EVERY, LinkError, LinkState};
+pub use frame::{Frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
+pub use key::LinkKey;
 pub use message::Message;
+pub use server::{GuestHandler, GuestSession, LinkServer};
+pub use session::{GuestId, SessionError};
+pub use transport::{BoxStream, Listener, TransportError};

@@ -104,34 +104,7 @@ impl std::fmt::Debug for ClusterKey {
 }
 
 /// Why the key file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    /// Unreadable.
-    #[error("cannot read the cluster key {path}")]
-    Read {
-        /// Key file.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Readable by others than its owner.
-    #[error(
-        "the cluster key {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
-    )]
-    Mode {
-        /// Key file.
-        path: String,
-        /// Its mode.
-        mode: u32,
-    },
-    /// Too short to be a secret.
-    #[error("the cluster key {path} is shorter than 16 bytes")]
-    Short {
-        /// Key file.
-        path: String,
-    },
-}
+pub type KeyError = conf::SecretFileError;
 
 impl ClusterKey {
     /// A key from secret bytes, bound to `cluster` (its name is part of
@@ -149,23 +122,8 @@ impl ClusterKey {
     /// Read the key file (mode 0600 or stricter, at least 16 bytes once
     /// surrounding whitespace is trimmed).
     pub fn load(cluster: &str, path: &Path) -> Result<Self, KeyError> {
-        use std::os::unix::fs::PermissionsExt;
-        let name = path.display().to_string();
-        let read = |source| KeyError::Read {
-            path: name.clone(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(read)?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Mode { path: name, mode });
-        }
-        let bytes = std::fs::read(path).map_err(read)?;
-        let secret = bytes.trim_ascii();
-        if secret.len() < 16 {
-            return Err(KeyError::Short { path: name });
-        }
-        Ok(Self::new(cluster, secret))
+        let secret = conf::read_secret_file("cluster key", path)?;
+        Ok(Self::new(cluster, &secret))
     }
 
     fn tag(&self, bytes: &[u8]) -> [u8; TAG] {
