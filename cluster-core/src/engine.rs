@@ -49,6 +49,12 @@ pub enum EngineError {
     /// The engine's durable state cannot be used.
     #[error(transparent)]
     EngineState(#[from] crate::runtime::RuntimeError),
+    /// A fence device of a kind only the daemon can drive, which it did
+    /// not provide.
+    #[error(
+        "fence device `{0}`: this daemon cannot drive it (kind `host` is for guest clusters with a `[linkage]`)"
+    )]
+    NoFenceDriver(String),
     /// The watchdog device is missing.
     #[error("watchdog device {0} does not exist (set `watchdog.kind` to match this machine)")]
     NoWatchdogDevice(String),
@@ -99,7 +105,8 @@ impl Engine {
         let plan = Plan::from_config(config, node)
             .ok_or_else(|| EngineError::UnknownNode(node.to_owned()))?;
         let me = plan.me;
-        let fencer = Arc::new(fencer(config)?);
+        let mut drivers = drivers;
+        let fencer = Arc::new(fencer(config, std::mem::take(&mut drivers.fence))?);
         let witness = match &config.quorum.witness {
             None => None,
             Some(w) => {
@@ -327,8 +334,12 @@ impl Engine {
     }
 }
 
-/// The fence devices of the configuration this daemon can drive.
-fn fencer(config: &conf::Config) -> Result<Fencer, EngineError> {
+/// The fence devices of the configuration: agents and Redfish built
+/// here, `host` devices taken from `provided` (the daemon's own) by name.
+fn fencer(
+    config: &conf::Config,
+    mut provided: Vec<Box<dyn Device>>,
+) -> Result<Fencer, EngineError> {
     let mut devices: Vec<Box<dyn Device>> = Vec::new();
     for dev in &config.fencing {
         match &dev.kind {
@@ -337,9 +348,10 @@ fn fencer(config: &conf::Config) -> Result<Fencer, EngineError> {
                 devices.push(Box::new(crate::fence::RedfishDevice::from_config(dev)?));
             }
             conf::FenceKind::Host(_) => {
-                // Its driver lands with the linkage; until then these
-                // targets rely on their lease, or block.
-                tracing::warn!(device = %dev.name, "this fence device kind is not driven yet");
+                let Some(at) = provided.iter().position(|d| d.name() == dev.name) else {
+                    return Err(EngineError::NoFenceDriver(dev.name.clone()));
+                };
+                devices.push(provided.swap_remove(at));
             }
         }
     }

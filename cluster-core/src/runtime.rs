@@ -43,6 +43,10 @@ pub struct Drivers {
     pub resources: Vec<Vec<Arc<dyn ResourceDriver>>>,
     /// Per group, per monitor.
     pub monitors: Vec<Vec<Arc<dyn MonitorDriver>>>,
+    /// Fence devices the daemon drives itself, for `[[fencing]]` entries
+    /// of a kind the engine does not build (`host`: through the linkage).
+    /// The engine takes them out when it starts.
+    pub fence: Vec<Box<dyn crate::fence::Device>>,
 }
 
 /// What the runtime shows of the core, for status.

@@ -40,6 +40,52 @@ pub struct NodeStatus {
     /// newest placement puts on each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capacity: Vec<NodeCapacity>,
+    /// The host<->guest linkage as this daemon sees it, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linkage: Option<LinkageStatus>,
+}
+
+/// The linkage: a host's guests, or a guest's session to its host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "side", rename_all = "snake_case")]
+pub enum LinkageStatus {
+    /// A host daemon: where it listens and each guest of
+    /// `[[linkage.guests]]`.
+    Host {
+        /// The endpoints it listens on.
+        listen: Vec<String>,
+        /// Every configured guest.
+        guests: Vec<LinkedGuestStatus>,
+    },
+    /// A guest daemon: its session to the host daemon.
+    Guest {
+        /// Where the host daemon is.
+        connect: String,
+        /// A session is open.
+        connected: bool,
+        /// The host this guest runs on, as the host said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        /// Why the last session failed or ended.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// One configured guest, as its host sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedGuestStatus {
+    /// Its node name in its guest cluster.
+    pub name: String,
+    /// Its guest cluster.
+    pub cluster: String,
+    /// Its libvirt domain.
+    pub domain: String,
+    /// A session is open.
+    pub connected: bool,
+    /// Milliseconds since its last frame, while connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_ms: Option<u64>,
 }
 
 /// One node's capacity budget and its use by the newest placement.

@@ -279,5 +279,67 @@ pub(crate) fn render(s: &NodeStatus) -> String {
             );
         }
     }
+    if let Some(l) = &s.linkage {
+        render_linkage(&mut out, l);
+    }
     out
+}
+
+/// The linkage part of the status: a host's guests, or a guest's host.
+fn render_linkage(out: &mut String, l: &cluster_core::status::LinkageStatus) {
+    use cluster_core::status::LinkageStatus;
+    match l {
+        LinkageStatus::Host { listen, guests } => {
+            let _ = writeln!(
+                out,
+                "
+Linkage (listening on {})",
+                listen.join(", ")
+            );
+            if guests.is_empty() {
+                let _ = writeln!(out, "  no guests configured");
+                return;
+            }
+            let _ = writeln!(
+                out,
+                "  {:<14} {:<14} {:<16} session",
+                "guest", "guest cluster", "domain"
+            );
+            for g in guests {
+                let session = match (g.connected, g.last_heard_ms) {
+                    (true, Some(ms)) => format!("connected, heard {ms} ms ago"),
+                    (true, None) => "connected".to_owned(),
+                    (false, _) => "NOT CONNECTED".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<14} {:<14} {:<16} {session}",
+                    g.name, g.cluster, g.domain
+                );
+            }
+        }
+        LinkageStatus::Guest {
+            connect,
+            connected,
+            host,
+            error,
+        } => {
+            let state = if *connected {
+                format!(
+                    "connected; this guest runs on host {}",
+                    host.as_deref().unwrap_or("(not told yet)")
+                )
+            } else {
+                format!(
+                    "NOT CONNECTED: {}",
+                    error.as_deref().unwrap_or("not opened yet")
+                )
+            };
+            let _ = writeln!(
+                out,
+                "
+Linkage to the host daemon at {connect}: {state}"
+            );
+        }
+    }
 }

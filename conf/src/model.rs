@@ -270,6 +270,16 @@ pub struct Node {
     /// Host clusters: the memory and vCPUs this host offers to VMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// Host clusters: where this host's daemon listens for its guests,
+    /// instead of `linkage.listen` (its own addresses, or a Unix socket
+    /// path of its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linkage_listen: Vec<Endpoint>,
+    /// Guest clusters: where this guest's host daemon listens, when the
+    /// guests of the cluster run on different hosts (`linkage.connect`
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linkage_connect: Option<Endpoint>,
     /// Per-resource parameter overrides on this node: a table per resource
     /// name whose keys replace that resource's parameters here (for example
     /// a different `interface` on a DR node).
@@ -371,14 +381,12 @@ pub struct FenceRedfish {
     pub insecure: bool,
 }
 
-/// `kind = "host"`.
+/// `kind = "host"`: no keys of its own. The guest asks its host daemon
+/// over the linkage to fence a target by its node name; the host cluster's
+/// `[[linkage.guests]]` says which domain that is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
-pub struct FenceHost {
-    /// Per target node, the libvirt domain name (defaults to the node name).
-    #[serde(default)]
-    pub domains: BTreeMap<String, String>,
-}
+pub struct FenceHost {}
 
 /// How failback works when a preferred node comes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -991,7 +999,9 @@ pub enum Linkage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkageHost {
-    /// Endpoints the host daemon listens on.
+    /// Endpoints the host daemons listen on (a node's `linkage_listen`
+    /// takes precedence).
+    #[serde(default)]
     pub listen: Vec<Endpoint>,
     /// The guests allowed to connect.
     #[serde(default)]
@@ -1017,7 +1027,7 @@ pub struct LinkedGuest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkageGuest {
-    /// Where the host daemon listens, e.g. `vsock:host:5410`.
+    /// Where the host daemon listens, e.g. `tcp:192.0.2.11:5410`.
     pub connect: Endpoint,
     /// File holding this guest's linkage key.
     pub key_file: PathBuf,

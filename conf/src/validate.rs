@@ -193,6 +193,30 @@ fn nodes(c: &Config, u: &Unparsed, p: &mut Problems) {
                 "only nodes of a host cluster have a hypervisor",
             );
         }
+        for (l, e) in node.linkage_listen.iter().enumerate() {
+            let key = format!("nodes[{i}].linkage_listen[{l}]");
+            if !matches!(c.linkage, Some(Linkage::Host(_))) {
+                push(
+                    p,
+                    key,
+                    "only hosts of a host cluster with a `[linkage]` listen for guests",
+                );
+            } else if matches!(e, crate::Endpoint::Vsock { .. }) {
+                push(p, key, NO_VSOCK);
+            }
+        }
+        if let Some(e) = &node.linkage_connect {
+            let key = format!("nodes[{i}].linkage_connect");
+            if !matches!(c.linkage, Some(Linkage::Guest(_))) {
+                push(
+                    p,
+                    key,
+                    "only guests of a guest cluster with a `[linkage]` connect to a host daemon",
+                );
+            } else if matches!(e, crate::Endpoint::Vsock { .. }) {
+                push(p, key, NO_VSOCK);
+            }
+        }
         for res in node.overrides.keys() {
             let runs_here = c
                 .resources()
@@ -262,6 +286,15 @@ fn fencing(c: &Config, u: &Unparsed, p: &mut Problems) {
                     p,
                     format!("fencing[{i}].kind"),
                     "`host` fencing is for guest clusters (the host destroys the VM)",
+                );
+            }
+            (FenceKind::Host(_), ClusterKind::Guest)
+                if !matches!(c.linkage, Some(Linkage::Guest(_))) =>
+            {
+                push(
+                    p,
+                    format!("fencing[{i}].kind"),
+                    "`host` fencing goes through the linkage: add `[linkage]` with `connect` and `key_file`",
                 );
             }
             (FenceKind::Agent(a), _)
@@ -1092,12 +1125,32 @@ fn api(c: &Config, p: &mut Problems) {
     }
 }
 
+const NO_VSOCK: &str = "vsock endpoints are not supported yet (no vsock transport to test them on); use `tcp:HOST:PORT` or `unix:PATH`";
+
 fn linkage(c: &Config, p: &mut Problems) {
+    if let Some(Linkage::Guest(g)) = &c.linkage
+        && matches!(g.connect, crate::Endpoint::Vsock { .. })
+    {
+        push(p, "linkage.connect", NO_VSOCK);
+    }
     let Some(Linkage::Host(h)) = &c.linkage else {
         return;
     };
+    for (i, e) in h.listen.iter().enumerate() {
+        if matches!(e, crate::Endpoint::Vsock { .. }) {
+            push(p, format!("linkage.listen[{i}]"), NO_VSOCK);
+        }
+    }
     if h.listen.is_empty() {
-        push(p, "linkage.listen", "at least one endpoint is needed");
+        for (i, n) in c.nodes.iter().enumerate() {
+            if n.linkage_listen.is_empty() {
+                push(
+                    p,
+                    format!("nodes[{i}].linkage_listen"),
+                    "this host has no endpoint to listen on for guests: set `linkage.listen` or the node's `linkage_listen`",
+                );
+            }
+        }
     }
     unique(
         p,

@@ -222,6 +222,20 @@ fn fencing_device_for_an_unknown_node() {
 }
 
 #[test]
+fn host_fencing_needs_the_linkage() {
+    let src = example("guest-1plus1.toml");
+    let cut = src.find("[linkage]").unwrap_or(src.len());
+    let src = format!("{}\n", &src[..cut]);
+    let errs = errors("broken.toml", &src);
+    assert_one(
+        &errs,
+        line_of(&src, "kind = \"host\""),
+        "fencing[0].kind",
+        "add `[linkage]`",
+    );
+}
+
+#[test]
 fn node_missing_an_address_on_a_link() {
     let src = edit(
         &example("two-hosts.toml"),

@@ -1,11 +1,13 @@
 //! `guest-clusterd`: the daemon inside guests (or on physical servers). It
-//! reports through the shared control API; application resources, monitors
-//! and the linkage client are built on the shared engine as it lands.
+//! runs application resources and monitors on the shared engine, reports
+//! through the shared control API, and keeps a linkage session to its host
+//! daemon ([`host_link`]) when configured.
 
 pub mod disk_monitor;
 pub mod drivers;
 pub mod exec;
 pub mod floating_ip;
+pub mod host_link;
 pub mod mount;
 pub mod net_monitors;
 pub mod ocf;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use cluster_core::daemon::{self, DaemonArgs};
+use guest_cluster::host_link::GuestLinkage;
 use guest_cluster::service::GuestService;
 
 /// The guest daemon: fails applications over between guests.
@@ -57,6 +58,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // control socket appears once the daemon answers on it.
     let api = cluster_core::api::Listeners::bind(&start.config.api, &start.api_socket)
         .context("control API")?;
+    // The session to the host daemon, and the `host` fence devices that
+    // use it.
+    let linkage = GuestLinkage::start(&start.config, &start.node).context("linkage")?;
+    let mut drivers = drivers;
+    if let Some(l) = &linkage {
+        drivers.fence = l.fence_devices(&start.config);
+    }
     let engine = cluster_core::engine::Engine::start(
         &start.config,
         &start.config_file,
@@ -80,6 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         start.config_file.display().to_string(),
         start.node,
         engine,
+        linkage,
     ));
     api.serve(service, stop).await.context("control API")?;
     shutdown_engine.shutdown().await;

@@ -7,6 +7,8 @@ use cluster_core::api::{self, ApiError, Handler, Request, Response};
 use cluster_core::engine::Engine;
 use cluster_core::status::NodeStatus;
 
+use crate::host_link::GuestLinkage;
+
 /// Everything the guest daemon needs to answer requests.
 #[derive(Debug)]
 pub struct GuestService {
@@ -15,15 +17,18 @@ pub struct GuestService {
     node: String,
     started: Instant,
     engine: Arc<Engine>,
+    linkage: Option<GuestLinkage>,
 }
 
 impl GuestService {
-    /// A service for `node` of `config`.
+    /// A service for `node` of `config`, with its session to the host
+    /// daemon when it has one.
     pub fn new(
         config: conf::Config,
         config_file: String,
         node: String,
         engine: Arc<Engine>,
+        linkage: Option<GuestLinkage>,
     ) -> Self {
         Self {
             config,
@@ -31,6 +36,7 @@ impl GuestService {
             node,
             started: Instant::now(),
             engine,
+            linkage,
         }
     }
 
@@ -54,6 +60,7 @@ impl GuestService {
             engine: Some(cluster_core::control::engine_status(&core, runtime.names())),
             hypervisor: None,
             capacity: Vec::new(),
+            linkage: self.linkage.as_ref().map(GuestLinkage::status),
         }
     }
 }

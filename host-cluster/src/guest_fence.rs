@@ -4,10 +4,10 @@
 //!
 //! [`GuestFencer::fence`] is the whole operation; the control API reaches
 //! it as `Request::FenceGuest` (`clusterctl guest fence --as GUEST PEER`),
-//! and the linkage's `Fence { peer }` from an authenticated guest will
-//! reach it with that guest as the requester (the linkage's sessions are
-//! not built yet: `FenceResult { off: true }` is an `Ok`, any `Err` is
-//! `off: false` with its text).
+//! and the linkage's `Fence { peer }` from an authenticated guest reaches
+//! it with that guest as the requester (`crate::linkage_service`:
+//! `FenceResult { off: true }` is an `Ok`, any `Err` is `off: false` with
+//! its text).
 //!
 //! # Authorisation, first
 //!
@@ -43,8 +43,8 @@
 //!
 //! # The VM is not active here
 //!
-//! Forwarding the request to the host that runs the VM comes with the
-//! linkage; until then the answer is an error that names that host:
+//! The request is not forwarded to the host that runs the VM (not built
+//! yet); the answer is an error that names that host:
 //!
 //! - a `vm` resource of this host cluster whose group another live host
 //!   reports (in any state), or that the newest placement assigns to

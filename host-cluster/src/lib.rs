@@ -7,5 +7,6 @@ pub mod drivers;
 pub mod guest_fence;
 pub mod hypervisor;
 pub mod libvirt_events;
+pub mod linkage_service;
 pub mod service;
 pub mod vm;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use cluster_core::daemon::{self, DaemonArgs};
 use host_cluster::hypervisor::Hypervisor;
+use host_cluster::linkage_service::HostLinkage;
 use host_cluster::service::HostService;
 
 /// The KVM host daemon: fails whole VMs over between hosts through libvirt.
@@ -76,12 +77,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("cannot start the cluster engine")?;
     let shutdown_engine = engine.clone();
+    let fencer = HostService::guest_fencer(&start.config, &start.node, &engine, &hypervisor);
+    let linkage = HostLinkage::start(&start.config, &start.node, fencer.clone())
+        .await
+        .context("linkage")?;
     let service = Arc::new(HostService::new(
         start.config,
         start.config_file.display().to_string(),
         start.node,
         engine,
         hypervisor,
+        fencer,
+        linkage,
     ));
     api.serve(service, daemon::shutdown_signal())
         .await

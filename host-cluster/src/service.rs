@@ -10,6 +10,7 @@ use conf::ResourceKind;
 
 use crate::guest_fence::{EngineView, GuestFencer};
 use crate::hypervisor::Hypervisor;
+use crate::linkage_service::HostLinkage;
 
 /// Everything the host daemon needs to answer requests.
 #[derive(Debug)]
@@ -20,34 +21,49 @@ pub struct HostService {
     started: Instant,
     engine: Arc<Engine>,
     hypervisor: Hypervisor,
-    fencer: GuestFencer,
+    fencer: Arc<GuestFencer>,
+    linkage: Option<HostLinkage>,
 }
 
 impl HostService {
-    /// A service for `node` of `config`, reaching its hypervisor through `hypervisor`.
+    /// A service for `node` of `config`, reaching its hypervisor through
+    /// `hypervisor`, fencing guests through `fencer` (also the linkage's,
+    /// when there is one).
     pub fn new(
         config: conf::Config,
         config_file: String,
         node: String,
         engine: Arc<Engine>,
         hypervisor: Hypervisor,
+        fencer: Arc<GuestFencer>,
+        linkage: Option<HostLinkage>,
     ) -> Self {
-        let fencer = GuestFencer::new(
-            &config,
-            &node,
-            hypervisor.clone(),
-            Arc::new(EngineView::new(config.clone(), &node, engine.clone())),
-            engine.events().clone(),
-        );
         Self {
-            fencer,
             config,
             config_file,
             node,
             started: Instant::now(),
             engine,
             hypervisor,
+            fencer,
+            linkage,
         }
+    }
+
+    /// The guest fencer of host `node` of `config`.
+    pub fn guest_fencer(
+        config: &conf::Config,
+        node: &str,
+        engine: &Arc<Engine>,
+        hypervisor: &Hypervisor,
+    ) -> Arc<GuestFencer> {
+        Arc::new(GuestFencer::new(
+            config,
+            node,
+            hypervisor.clone(),
+            Arc::new(EngineView::new(config.clone(), node, engine.clone())),
+            engine.events().clone(),
+        ))
     }
 
     async fn status(&self) -> NodeStatus {
@@ -101,6 +117,7 @@ impl HostService {
             engine: Some(cluster_core::control::engine_status(&core, runtime.names())),
             hypervisor: Some(hypervisor),
             capacity,
+            linkage: self.linkage.as_ref().map(HostLinkage::status),
         }
     }
 }

@@ -84,7 +84,8 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Listen on `endpoint`. A Unix socket's stale file is replaced, and
+    /// Listen on `endpoint`. A Unix socket's stale file (nobody answers
+    /// on it) is replaced, one a live process answers on is an error, and
     /// the new one is made accessible to its owner only (mode 0600).
     ///
     /// # Errors
@@ -97,8 +98,21 @@ impl Listener {
         match endpoint {
             Endpoint::Unix(path) => {
                 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+                // A socket file nobody answers on is stale (a daemon that
+                // died); one that answers belongs to a live process.
                 if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                    std::fs::remove_file(path).map_err(err)?;
+                    match std::os::unix::net::UnixStream::connect(path) {
+                        Ok(_) => {
+                            return Err(err(std::io::Error::new(
+                                std::io::ErrorKind::AddrInUse,
+                                "another process listens on this socket",
+                            )));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            std::fs::remove_file(path).map_err(err)?;
+                        }
+                        Err(_) => {}
+                    }
                 }
                 let l = UnixListener::bind(path).map_err(err)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

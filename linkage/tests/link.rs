@@ -153,6 +153,23 @@ async fn a_guest_connects_once_the_host_listens_and_again_after_a_wrong_key() {
 }
 
 #[tokio::test]
+async fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = Endpoint::Unix(dir.path().join("linkage.sock"));
+    let first = Listener::bind(&endpoint)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = Listener::bind(&endpoint).await;
+    assert!(second.is_err(), "a second listener took a live socket");
+    // A socket file left by a process that died: replaced.
+    let path = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap_or_else(|e| panic!("{e}")));
+    assert!(path.exists());
+    assert!(Listener::bind(&Endpoint::Unix(path)).await.is_ok());
+    drop(first);
+}
+
+#[tokio::test]
 async fn vsock_is_refused_with_a_clear_error() {
     let e = Listener::bind(&Endpoint::Vsock { cid: 2, port: 5410 })
         .await

@@ -43,6 +43,9 @@ pub struct Spec {
     pub host: bool,
     /// Host clusters: every host's `capacity` (memory MiB, vCPUs).
     pub capacity: Option<(u64, u32)>,
+    /// More keys for every `[[nodes]]` table; `{dir}` is replaced by the
+    /// test's directory and `{node}` by the node's name.
+    pub node_extra: String,
     /// Host clusters: every node's `libvirt_uri` instead of the test
     /// driver file; `{dir}` is replaced by the test's directory and
     /// `{node}` by the node's name.
@@ -64,6 +67,7 @@ impl Default for Spec {
             host: false,
             capacity: None,
             libvirt_uri: None,
+            node_extra: String::new(),
         }
     }
 }
@@ -355,6 +359,15 @@ fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
             let _ = writeln!(
                 t,
                 "capacity = {{ memory_mib = {memory_mib}, vcpus = {vcpus} }}"
+            );
+        }
+        if !spec.node_extra.is_empty() {
+            let _ = writeln!(
+                t,
+                "{}",
+                spec.node_extra
+                    .replace("{dir}", &dir.display().to_string())
+                    .replace("{node}", &format!("n{k}"))
             );
         }
         t.push('\n');

@@ -49,7 +49,7 @@ fn clusterctl_fences_a_linked_guest_through_the_host_daemon() {
         "[[groups]]\nname = \"g3-vm\"\nnodes = [\"n1\", \"n0\"]\n",
         "[[groups.resources]]\nname = \"vm-g3\"\nkind = \"vm\"\ndomain_xml = \"{dir}/vm-g3.xml\"\n",
         "[[groups.monitors]]\nname = \"g3-state\"\nkind = \"vm\"\ninterval = \"200ms\"\ntimeout = \"2s\"\n\n",
-        "[linkage]\nlisten = [\"unix:{dir}/linkage.sock\"]\n\n",
+        "[linkage]\n\n",
     ));
     for (name, domain, cluster) in [
         ("g1", "vm-g1", "web"),
@@ -65,6 +65,7 @@ fn clusterctl_fences_a_linked_guest_through_the_host_daemon() {
     let spec = Spec {
         host: true,
         extra,
+        node_extra: "linkage_listen = [\"unix:{dir}/linkage-{node}.sock\"]".into(),
         ..Spec::default()
     };
     let c = ok(Cluster::start_with(&spec, |dir| {

@@ -107,6 +107,18 @@ pub enum FenceError {
         /// The end of what the agent wrote (secrets removed).
         output: Box<AgentOutput>,
     },
+    /// The host daemon, asked over the linkage, did not confirm the peer
+    /// guest off (it refused, the VM runs on another host, libvirt did
+    /// not answer, or there is no session to the host).
+    #[error("fence device `{device}`: the host did not confirm `{target}` off: {reason}")]
+    HostNotConfirmed {
+        /// Device name.
+        device: String,
+        /// The guest being fenced.
+        target: String,
+        /// Why, as the host or the link said.
+        reason: String,
+    },
     /// The Redfish password file cannot be used: missing, unreadable,
     /// readable by group or others, or empty.
     #[error("fence device `{device}`: password file {}: {reason}", .path.display())]

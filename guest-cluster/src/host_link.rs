@@ -1,0 +1,146 @@
+//! The guest's end of the linkage: one session to the daemon of the host
+//! this guest runs on (`[linkage] connect`), and the fence devices of
+//! kind `host` that go through it.
+//!
+//! A `host` fence device asks the host daemon to power the peer's VM off
+//! (`Fence { peer }`) and succeeds only on `FenceResult { off: true }`;
+//! no session, a refusal, a VM on another host or no answer within the
+//! device's timeout is a failed attempt, which the engine's fencer
+//! retries (and reports) like any other.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cluster_core::fence::{Device, FenceError, FenceFuture};
+use cluster_core::status::LinkageStatus;
+use linkage::{GuestId, HostLink, LinkKey};
+
+/// Why the linkage could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestLinkageError {
+    /// The key file cannot be used.
+    #[error("linkage.key_file: {0}")]
+    Key(#[from] conf::SecretFileError),
+}
+
+/// This guest's session to its host daemon.
+#[derive(Debug)]
+pub struct GuestLinkage {
+    link: HostLink,
+    connect: String,
+}
+
+impl GuestLinkage {
+    /// Open (and keep open) the session of `config`'s `[linkage]` (a
+    /// guest's) as guest `node`, to the node's `linkage_connect` or the
+    /// section's `connect`; `None` without a `[linkage]`.
+    ///
+    /// # Errors
+    /// The key file cannot be used.
+    pub fn start(config: &conf::Config, node: &str) -> Result<Option<Self>, GuestLinkageError> {
+        let Some(conf::Linkage::Guest(g)) = &config.linkage else {
+            return Ok(None);
+        };
+        let key = LinkKey::load(&g.key_file)?;
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let me = GuestId {
+            name: node.to_owned(),
+            cluster: config.cluster.name.clone(),
+        };
+        let connect = config
+            .node(node)
+            .and_then(|n| n.linkage_connect.clone())
+            .unwrap_or_else(|| g.connect.clone());
+        let (link, mut pushed) = HostLink::spawn(connect.clone(), me, key, incarnation);
+        // Nothing the host sends unasked is acted on yet (NIC and
+        // maintenance notices come with their features): logged.
+        tokio::spawn(async move {
+            while let Some(m) = pushed.recv().await {
+                tracing::info!(message = ?m, "linkage: message from the host (not acted on by this version)");
+            }
+        });
+        Ok(Some(Self {
+            link,
+            connect: connect.to_string(),
+        }))
+    }
+
+    /// The fence devices of kind `host` in `config`, through this session.
+    pub fn fence_devices(&self, config: &conf::Config) -> Vec<Box<dyn Device>> {
+        config
+            .fencing
+            .iter()
+            .filter(|d| matches!(d.kind, conf::FenceKind::Host(_)))
+            .map(|d| {
+                Box::new(HostFenceDevice {
+                    name: d.name.clone(),
+                    targets: d.targets.clone(),
+                    timeout: d.timeout.get(),
+                    delay: d.delay.get(),
+                    link: self.link.clone(),
+                }) as Box<dyn Device>
+            })
+            .collect()
+    }
+
+    /// For `clusterctl status`.
+    pub fn status(&self) -> LinkageStatus {
+        let s = self.link.state();
+        LinkageStatus::Guest {
+            connect: self.connect.clone(),
+            connected: s.connected,
+            host: s.host,
+            error: s.error,
+        }
+    }
+}
+
+/// `kind = "host"`: the host daemon powers the peer's VM off.
+#[derive(Debug)]
+pub struct HostFenceDevice {
+    name: String,
+    targets: Vec<String>,
+    timeout: Duration,
+    delay: Duration,
+    link: HostLink,
+}
+
+impl Device for HostFenceDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn can_fence(&self, target: &str) -> bool {
+        self.targets.iter().any(|t| t == target)
+    }
+
+    fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    fn fence_off<'a>(&'a self, target: &'a str) -> FenceFuture<'a> {
+        Box::pin(async move {
+            let failed = |reason: String| FenceError::HostNotConfirmed {
+                device: self.name.clone(),
+                target: target.to_owned(),
+                reason,
+            };
+            if !self.can_fence(target) {
+                return Err(FenceError::NotATarget {
+                    device: self.name.clone(),
+                    target: target.to_owned(),
+                });
+            }
+            match self.link.fence(target, self.timeout).await {
+                Ok(answer) if answer.off => Ok(()),
+                Ok(answer) => {
+                    Err(failed(answer.error.unwrap_or_else(|| {
+                        "the host answered not off, without a reason".into()
+                    })))
+                }
+                Err(e) => Err(failed(e.to_string())),
+            }
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! The host<->guest linkage, end to end: a guest cluster fences a lost
+//! peer through its host daemon. Real daemons in namespaces: a host
+//! cluster of three `host-clusterd` (libvirt test driver) and a guest
+//! cluster of three `guest-clusterd`, whose VMs `vm-n0`..`vm-n2` run on
+//! host n0. Needs root.
+
+use std::time::{Duration, Instant};
+
+use cluster_core::status::LinkageStatus;
+use testbed::cluster::{Cluster, Spec, test_host_xml};
+use testbed::write_key;
+
+fn ok<T>(r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The host cluster: n0 runs the guests' VMs and listens for them.
+fn hosts() -> Cluster {
+    // Each host listens on a socket of its own (`linkage_listen`).
+    let mut extra = String::from("[linkage]\n\n");
+    for g in 0..3 {
+        extra.push_str(&format!(
+            "[[linkage.guests]]\nname = \"n{g}\"\ndomain = \"vm-n{g}\"\ncluster = \"test\"\n\
+             key_file = \"{{dir}}/guests.key\"\n\n"
+        ));
+    }
+    ok(Cluster::start_with(
+        &Spec {
+            host: true,
+            extra,
+            node_extra: "linkage_listen = [\"unix:{dir}/linkage-{node}.sock\"]".into(),
+            ..Spec::default()
+        },
+        |dir| {
+            for k in 0..3 {
+                let domains: &[&str] = if k == 0 {
+                    &["vm-n0", "vm-n1", "vm-n2"]
+                } else {
+                    &[]
+                };
+                let _ = std::fs::write(dir.join(format!("n{k}.xml")), test_host_xml(domains));
+            }
+            // Every guest of this test runs from one configuration, so they
+            // share a key file; each guest's own key in the field.
+            write_key(&dir.join("guests.key"));
+        },
+    ))
+}
+
+/// The guest cluster, fencing through the host daemon at `socket` with
+/// the key in `key`; group `app` prefers n0, then n1.
+fn guests(socket: &std::path::Path, key: &std::path::Path) -> Cluster {
+    let extra = format!(
+        "[[fencing]]\nname = \"via-host\"\nkind = \"host\"\ntargets = [\"n0\", \"n1\", \"n2\"]\n\
+         timeout = \"5s\"\n\n\
+         [[groups]]\nname = \"app\"\nnodes = [\"n0\", \"n1\"]\nfailback = \"manual\"\n\n\
+         [linkage]\nconnect = \"unix:{}\"\nkey_file = \"{}\"\n",
+        socket.display(),
+        key.display()
+    );
+    ok(Cluster::start(&Spec {
+        extra,
+        ..Spec::default()
+    }))
+}
+
+fn state(c: &Cluster, k: usize, vm: &str) -> Option<String> {
+    c.status(k)
+        .ok()?
+        .hypervisor?
+        .domains
+        .into_iter()
+        .find(|d| d.name == vm)
+        .map(|d| d.state)
+}
+
+#[test]
+fn a_guest_cluster_fences_a_lost_peer_through_its_host_daemon() {
+    let h = hosts();
+    ok(h.wait_converged(Duration::from_secs(10)));
+    let mut g = guests(
+        &h.dir().join("linkage-n0.sock"),
+        &h.dir().join("guests.key"),
+    );
+    ok(g.wait_converged(Duration::from_secs(10)));
+
+    // Every guest has a session, and knows it runs on host n0.
+    testbed::wait_until(
+        "every guest connected to host n0",
+        Duration::from_secs(10),
+        || {
+            (0..3).all(|k| {
+                g.status(k).ok().and_then(|s| s.linkage).is_some_and(|l| {
+                    matches!(l, LinkageStatus::Guest { connected: true, host: Some(ref h), .. } if h == "n0")
+                })
+            })
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: {:?}\n{}\n{}",
+            g.status(0).ok().and_then(|s| s.linkage),
+            g.log(0),
+            h.log(0)
+        )
+    });
+    // And `clusterctl status` says so on both sides.
+    let text = |c: &Cluster, k: usize| {
+        let out = testbed::run(
+            "clusterctl",
+            &["status", "--socket", &c.socket(k).display().to_string()],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let guest_text = text(&g, 1);
+    assert!(
+        guest_text.contains("connected; this guest runs on host n0"),
+        "{guest_text}"
+    );
+    let host_text = text(&h, 0);
+    assert!(
+        host_text.contains("Linkage (listening on unix:")
+            && host_text.contains("vm-n1")
+            && host_text.contains("connected, heard"),
+        "{host_text}"
+    );
+    let host_view = ok(h.status(0)).linkage;
+    match &host_view {
+        Some(LinkageStatus::Host { guests, .. }) => {
+            assert_eq!(guests.len(), 3);
+            assert!(guests.iter().all(|s| s.connected), "{guests:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    ok(testbed::wait_until(
+        "app running on n0",
+        Duration::from_secs(10),
+        || {
+            g.status(0).ok().is_some_and(|s| {
+                s.groups
+                    .iter()
+                    .any(|gr| gr.name == "app" && gr.owner.as_deref() == Some("n0"))
+            })
+        },
+    ));
+
+    // Guest n0's daemon dies: its peers fence it through host n0, which
+    // destroys vm-n0; only then does n1 take `app` over.
+    let killed = cluster_core::events::now_ms();
+    let t0 = Instant::now();
+    g.kill(0);
+    let fenced = ok(
+        g.wait_event(1, "fence_succeeded", Duration::from_secs(10), |e| {
+            e["peer"] == "n0"
+        }),
+    );
+    let took = t0.elapsed();
+    assert_eq!(fenced["device"], "via-host", "{fenced}");
+    assert_eq!(state(&h, 0, "vm-n0").as_deref(), Some("shutoff"));
+    assert_eq!(state(&h, 0, "vm-n1").as_deref(), Some("running"));
+    let done = ok(
+        h.wait_event(0, "guest_fence_succeeded", Duration::from_secs(2), |e| {
+            e["peer"] == "n0"
+        }),
+    );
+    assert_eq!(done["domain"], "vm-n0");
+    let running = ok(
+        g.wait_event(1, "group_running", Duration::from_secs(10), |e| {
+            e["group"] == "app" && e["ts_ms"].as_u64() >= Some(killed)
+        }),
+    );
+    let allowed = g
+        .events(1)
+        .iter()
+        .find(|e| e["kind"] == "takeover_allowed" && e["peer"] == "n0")
+        .and_then(|e| e["ts_ms"].as_u64());
+    assert!(
+        allowed.is_some() && running["ts_ms"].as_u64() >= allowed,
+        "app ran on n1 before n0 was fenced"
+    );
+    eprintln!(
+        "guest daemon killed to fence confirmed through the host: {} ms; app running on n1 {} ms after the kill",
+        took.as_millis(),
+        running["ts_ms"]
+            .as_u64()
+            .unwrap_or(killed)
+            .saturating_sub(killed)
+    );
+
+    // The host sees n0's session gone, n1 and n2 still there.
+    ok(testbed::wait_until(
+        "host n0 to see guest n0's session end",
+        Duration::from_secs(10),
+        || match h.status(0).ok().and_then(|s| s.linkage) {
+            Some(LinkageStatus::Host { guests, .. }) => {
+                guests.iter().map(|s| s.connected).collect::<Vec<_>>() == [false, true, true]
+            }
+            _ => false,
+        },
+    ));
+}
