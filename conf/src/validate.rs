@@ -1152,6 +1152,15 @@ fn linkage(c: &Config, p: &mut Problems) {
             }
         }
     }
+    for (i, g) in h.guests.iter().enumerate() {
+        if g.cluster == c.cluster.name {
+            push(
+                p,
+                format!("linkage.guests[{i}].cluster"),
+                "a guest cluster cannot have the host cluster's name (the hosts use it among themselves on the linkage)",
+            );
+        }
+    }
     unique(
         p,
         "linked guest",

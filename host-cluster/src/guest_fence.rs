@@ -43,8 +43,10 @@
 //!
 //! # The VM is not active here
 //!
-//! The request is not forwarded to the host that runs the VM (not built
-//! yet); the answer is an error that names that host:
+//! The fencer does not forward the request itself: its answer is an
+//! error that names the host that runs the VM, or says that is unknown,
+//! and the linkage (`crate::linkage_service`) forwards it there, or to
+//! every other live host:
 //!
 //! - a `vm` resource of this host cluster whose group another live host
 //!   reports (in any state), or that the newest placement assigns to

@@ -1,27 +1,55 @@
 //! The host's end of the linkage: the guests of `[[linkage.guests]]`
 //! connect (each proving its own key), ask where they run and ask to
-//! fence a peer of their guest cluster.
+//! fence a peer of their guest cluster; the other hosts of this host
+//! cluster connect (proving a key derived from the cluster key) to hand
+//! over a fence whose VM runs here.
 //!
 //! A `Fence { peer }` goes to the [`GuestFencer`] with the session's
 //! guest as the requester: the guest is authenticated by its key, and the
 //! fencer's authorisation (both listed, same guest cluster, not itself)
-//! applies as for `clusterctl guest fence`. The answer is
-//! `FenceResult { off: true }` only once the peer's VM is confirmed off;
-//! anything else is `off: false` with the reason.
+//! applies as for `clusterctl guest fence`. When the peer's VM is not on
+//! this host, the request is forwarded (`ForwardFence`) to the host that
+//! runs it, or, when that is unknown (a VM that is not a `vm` resource of
+//! this host cluster), to every other live host at once: the one that has
+//! the VM destroys it and confirms. The answer is
+//! `FenceResult { off: true }` only once some host confirmed the VM off;
+//! anything else is `off: false` with every host's reason. A forwarded
+//! request is never forwarded again.
+//!
+//! Another host is reached at its node's `linkage_listen` (or
+//! `linkage.listen`): a TCP endpoint on an unspecified address
+//! (`0.0.0.0`, `::`) is reached at the host's first heartbeat address of
+//! that family; a Unix socket only where hosts share a file system (the
+//! testbed).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use cluster_core::api::GuestFenceAction;
+use cluster_core::engine::Engine;
+use cluster_core::events::EventLog;
+use cluster_core::status::{LinkageStatus, LinkedGuestStatus, MemberState};
+use conf::Endpoint;
 use linkage::server::Answer;
 use linkage::{GuestHandler, GuestId, LinkKey, LinkServer, Listener, Message};
+use serde_json::json;
 
-use crate::guest_fence::GuestFencer;
-use cluster_core::api::GuestFenceAction;
-use cluster_core::status::{LinkageStatus, LinkedGuestStatus};
+use crate::guest_fence::{GuestFenceError, GuestFencer};
+
+/// Longest a forwarded fence may take, all hosts at once.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the hosts of one host cluster derive their linkage key with.
+const HOST_KEY_LABEL: &str = "host-to-host";
 
 /// Why the linkage could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkageStartError {
+    /// The cluster key (for host-to-host sessions) cannot be used.
+    #[error("cluster.auth_key_file: {0}")]
+    ClusterKey(#[source] conf::SecretFileError),
     /// A guest's key file cannot be used.
     #[error("linkage.guests `{guest}`: {source}")]
     Key {
@@ -36,50 +64,219 @@ pub enum LinkageStartError {
     Listen(#[from] linkage::TransportError),
 }
 
-/// What the host answers its guests.
+/// What the host answers its guests and the other hosts.
 #[derive(Debug)]
 struct Answers {
     node: String,
-    cluster: String,
+    config: conf::Config,
     fencer: Arc<GuestFencer>,
+    engine: Arc<Engine>,
+    events: Arc<EventLog>,
+    host_key: LinkKey,
+}
+
+impl Answers {
+    /// Whether `id` is another host of this host cluster.
+    fn is_host(&self, id: &GuestId) -> bool {
+        id.cluster == self.config.cluster.name
+            && id.name != self.node
+            && self.config.node(&id.name).is_some()
+    }
+
+    fn result(request_id: u64, r: Result<String, String>) -> Message {
+        match r {
+            Ok(_) => Message::FenceResult {
+                request_id,
+                off: true,
+                error: None,
+            },
+            Err(e) => Message::FenceResult {
+                request_id,
+                off: false,
+                error: Some(e),
+            },
+        }
+    }
+
+    /// Fence `peer` for `requester` here; if its VM is not here, on the
+    /// host that runs it or on every other live host.
+    async fn fence(&self, requester: &str, peer: &str) -> Result<String, String> {
+        match self
+            .fencer
+            .fence(requester, peer, GuestFenceAction::Off)
+            .await
+        {
+            Ok(done) => Ok(done.message()),
+            Err(GuestFenceError::NotHere { host, detail, .. }) => {
+                self.forward(requester, peer, host, &detail).await
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Hand the fence to `hint`, or to every other live host.
+    async fn forward(
+        &self,
+        requester: &str,
+        peer: &str,
+        hint: Option<String>,
+        why_not_here: &str,
+    ) -> Result<String, String> {
+        let targets: Vec<String> = match hint {
+            Some(h) => vec![h],
+            None => self
+                .engine
+                .members()
+                .into_iter()
+                .filter(|m| m.state == MemberState::Alive)
+                .map(|m| m.name)
+                .collect(),
+        };
+        if targets.is_empty() {
+            return Err(format!(
+                "not on this host ({why_not_here}), and no other host is alive to ask"
+            ));
+        }
+        tracing::info!(requester, peer, to = ?targets, "linkage: the VM is not here; forwarding the fence");
+        let me = GuestId {
+            name: self.node.clone(),
+            cluster: self.config.cluster.name.clone(),
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for host in &targets {
+            let Some(endpoint) = endpoint_of(&self.config, host) else {
+                continue;
+            };
+            let (me, key, host) = (me.clone(), self.host_key.clone(), host.clone());
+            let (requester, peer) = (requester.to_owned(), peer.to_owned());
+            asks.spawn(async move {
+                let answer = linkage::request_once(
+                    &endpoint,
+                    &me,
+                    &key,
+                    |request_id| Message::ForwardFence {
+                        request_id,
+                        requester,
+                        peer,
+                    },
+                    FORWARD_TIMEOUT,
+                )
+                .await;
+                (host, answer)
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            let Ok((host, answer)) = joined else {
+                continue;
+            };
+            match answer {
+                Ok(Message::FenceResult { off: true, .. }) => {
+                    asks.abort_all();
+                    self.events.emit(
+                        "guest_fence_forwarded",
+                        json!({"requester": requester, "peer": peer, "to": targets, "confirmed_by": host}),
+                    );
+                    return Ok(format!("`{peer}` confirmed off by host `{host}`"));
+                }
+                Ok(Message::FenceResult { error, .. }) => failures.push(format!(
+                    "{host}: {}",
+                    error.unwrap_or_else(|| "not off".into())
+                )),
+                Ok(other) => failures.push(format!("{host}: unexpected answer {other:?}")),
+                Err(e) => failures.push(format!("{host}: {e}")),
+            }
+        }
+        let why = format!(
+            "not on this host ({why_not_here}); asked {}: {}",
+            targets.join(", "),
+            if failures.is_empty() {
+                "no host could be reached".to_owned()
+            } else {
+                failures.join("; ")
+            }
+        );
+        self.events.emit(
+            "guest_fence_forwarded",
+            json!({"requester": requester, "peer": peer, "to": targets, "error": why}),
+        );
+        Err(why)
+    }
+}
+
+/// Where host `host` listens for linkage sessions, as another host
+/// reaches it.
+fn endpoint_of(config: &conf::Config, host: &str) -> Option<Endpoint> {
+    let node = config.node(host)?;
+    let section = match &config.linkage {
+        Some(conf::Linkage::Host(h)) => h.listen.as_slice(),
+        _ => &[],
+    };
+    let listen = if node.linkage_listen.is_empty() {
+        section
+    } else {
+        node.linkage_listen.as_slice()
+    };
+    let pick = listen
+        .iter()
+        .find(|e| matches!(e, Endpoint::Tcp(_)))
+        .or_else(|| listen.first())?;
+    match pick {
+        Endpoint::Tcp(a) if a.ip().is_unspecified() => {
+            let ip = node
+                .links
+                .values()
+                .flatten()
+                .map(ipnet::IpNet::addr)
+                .find(|ip| ip.is_ipv4() == a.is_ipv4())?;
+            Some(Endpoint::Tcp(SocketAddr::new(ip, a.port())))
+        }
+        other => Some(other.clone()),
+    }
 }
 
 impl GuestHandler for Answers {
     fn handle<'a>(&'a self, guest: &'a GuestId, message: Message) -> Answer<'a> {
         Box::pin(async move {
+            let from_host = self.is_host(guest);
             match message {
-                Message::WhereAmI { request_id } => Some(Message::YouAreOn {
+                Message::WhereAmI { request_id } if !from_host => Some(Message::YouAreOn {
                     request_id,
                     host: self.node.clone(),
-                    cluster: self.cluster.clone(),
+                    cluster: self.config.cluster.name.clone(),
                 }),
-                Message::Fence { request_id, peer } => {
+                Message::Fence { request_id, peer } if !from_host => {
                     tracing::info!(%guest, peer, "linkage: fence requested");
-                    let result = self
+                    let r = self.fence(&guest.name, &peer).await;
+                    match &r {
+                        Ok(done) => tracing::info!(%guest, "linkage: {done}"),
+                        Err(e) => tracing::warn!(%guest, peer, "linkage: fence not confirmed: {e}"),
+                    }
+                    Some(Self::result(request_id, r))
+                }
+                Message::ForwardFence {
+                    request_id,
+                    requester,
+                    peer,
+                } if from_host => {
+                    tracing::info!(from = %guest.name, requester, peer, "linkage: fence forwarded by another host");
+                    let r = self
                         .fencer
-                        .fence(&guest.name, &peer, GuestFenceAction::Off)
-                        .await;
-                    Some(match result {
-                        Ok(done) => {
-                            tracing::info!(%guest, "linkage: {}", done.message());
-                            Message::FenceResult {
-                                request_id,
-                                off: true,
-                                error: None,
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(%guest, peer, "linkage: fence not confirmed: {e}");
-                            Message::FenceResult {
-                                request_id,
-                                off: false,
-                                error: Some(e.to_string()),
-                            }
-                        }
-                    })
+                        .fence(&requester, &peer, GuestFenceAction::Off)
+                        .await
+                        .map(|done| done.message())
+                        .map_err(|e| e.to_string());
+                    Some(Self::result(request_id, r))
+                }
+                Message::ForwardFence { request_id, .. } => {
+                    tracing::warn!(%guest, "linkage: a guest sent a host's ForwardFence; refused");
+                    Some(Self::result(
+                        request_id,
+                        Err("only a host of this host cluster may forward a fence".into()),
+                    ))
                 }
                 other => {
-                    tracing::warn!(%guest, message = ?other, "linkage: a message a guest does not send; ignored");
+                    tracing::warn!(%guest, message = ?other, "linkage: a message this peer does not send; ignored");
                     None
                 }
             }
@@ -99,19 +296,24 @@ pub struct HostLinkage {
 impl HostLinkage {
     /// Start the linkage of `config`'s `[linkage]` (a host's) for host
     /// `node`, listening on the node's `linkage_listen` or the section's
-    /// `listen`, fencing through `fencer`; `None` without a `[linkage]`.
+    /// `listen`, fencing through `fencer`, asking `engine` which hosts are
+    /// alive; `None` without a `[linkage]`.
     ///
     /// # Errors
-    /// A guest's key file cannot be used, or an endpoint cannot be
-    /// listened on.
+    /// The cluster key or a guest's key file cannot be used, or an
+    /// endpoint cannot be listened on.
     pub async fn start(
         config: &conf::Config,
         node: &str,
         fencer: Arc<GuestFencer>,
+        engine: Arc<Engine>,
     ) -> Result<Option<Self>, LinkageStartError> {
         let Some(conf::Linkage::Host(h)) = &config.linkage else {
             return Ok(None);
         };
+        let cluster_secret = conf::read_secret_file("cluster key", &config.cluster.auth_key_file)
+            .map_err(LinkageStartError::ClusterKey)?;
+        let host_key = LinkKey::derive(&cluster_secret, HOST_KEY_LABEL);
         let mut keys = BTreeMap::new();
         for g in &h.guests {
             let key = LinkKey::load(&g.key_file).map_err(|source| LinkageStartError::Key {
@@ -126,12 +328,33 @@ impl HostLinkage {
                 key,
             );
         }
+        // Guests by their own keys; the other hosts of this cluster by the
+        // key derived from the cluster key.
+        let hosts: Vec<String> = config
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .filter(|n| n != node)
+            .collect();
+        let cluster = config.cluster.name.clone();
+        let key_for_hosts = host_key.clone();
+        let key_of = move |id: &GuestId| {
+            if id.cluster == cluster && hosts.contains(&id.name) {
+                Some(key_for_hosts.clone())
+            } else {
+                keys.get(id).cloned()
+            }
+        };
+        let events = engine.events().clone();
         let server = LinkServer::new(
-            Arc::new(move |id: &GuestId| keys.get(id).cloned()),
+            Arc::new(key_of),
             Arc::new(Answers {
                 node: node.to_owned(),
-                cluster: config.cluster.name.clone(),
+                config: config.clone(),
                 fencer,
+                engine,
+                events,
+                host_key,
             }),
         );
         let mut serving = Vec::new();

@@ -345,3 +345,39 @@ async fn serve(
     read.abort();
     why
 }
+
+/// One request on a session of its own: connect to `endpoint` as `me`,
+/// send what `build` makes of request id 1, wait for its answer, close.
+/// For a host asking another host; a guest keeps a [`HostLink`].
+///
+/// # Errors
+/// The session could not be opened ([`LinkError::NotConnected`]), it
+/// broke, or no answer within `timeout` (all of it, handshake included).
+pub async fn request_once(
+    endpoint: &Endpoint,
+    me: &GuestId,
+    key: &LinkKey,
+    build: impl FnOnce(u64) -> Message,
+    timeout: Duration,
+) -> Result<Message, LinkError> {
+    let exchange = async {
+        let s = open(endpoint, me, key)
+            .await
+            .map_err(|why| LinkError::NotConnected {
+                endpoint: endpoint.to_string(),
+                why,
+            })?;
+        let mut writer = s.writer;
+        let mut reader = s.reader;
+        writer.send(build(1)).await.map_err(|_| LinkError::Broken)?;
+        loop {
+            let m = reader.recv().await.map_err(|_| LinkError::Broken)?;
+            if answers(&m) == Some(1) {
+                return Ok(m);
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or(Err(LinkError::Timeout(timeout)))
+}

@@ -45,6 +45,16 @@ impl LinkKey {
         conf::read_secret_file("linkage key", path).map(|s| Self::new(&s))
     }
 
+    /// A key for `label` derived from `secret` (the hosts of a host
+    /// cluster talk to each other with one derived from their cluster
+    /// key), so the secret itself is used for nothing else.
+    pub fn derive(secret: &[u8], label: &str) -> Self {
+        Self::new(&mac_with(
+            secret,
+            &[b"kvmha-linkage/1 derived", label.as_bytes()],
+        ))
+    }
+
     /// HMAC-SHA256 of `parts` (each length-prefixed, so that no two lists
     /// of parts give the same input) under this secret.
     pub(crate) fn mac(&self, parts: &[&[u8]]) -> [u8; TAG_BYTES] {

@@ -22,7 +22,7 @@ pub mod server;
 pub mod session;
 pub mod transport;
 
-pub use client::{FenceAnswer, HostLink, LIVENESS_EVERY, LinkError, LinkState};
+pub use client::{FenceAnswer, HostLink, LIVENESS_EVERY, LinkError, LinkState, request_once};
 pub use frame::{Frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
 pub use key::LinkKey;
 pub use message::Message;

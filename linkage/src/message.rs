@@ -49,7 +49,20 @@ pub enum Message {
         /// The peer's node name in the guest cluster.
         peer: String,
     },
-    /// host -> guest: outcome of a [`Message::Fence`].
+    /// host -> host: fence `peer`'s VM for `requester`, a guest of the
+    /// asking host, if it is on this host; answered with
+    /// [`Message::FenceResult`], never forwarded again. Only a host of the
+    /// same host cluster may send it.
+    ForwardFence {
+        /// Identifies this request in the answer.
+        request_id: u64,
+        /// The guest that asked its own host.
+        requester: String,
+        /// The peer to fence.
+        peer: String,
+    },
+    /// host -> guest (or host): outcome of a [`Message::Fence`] (or
+    /// [`Message::ForwardFence`]).
     FenceResult {
         /// The request answered.
         request_id: u64,

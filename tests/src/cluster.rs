@@ -17,6 +17,8 @@ use crate::{Proc, bin, write_key};
 /// What cluster to build.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// `cluster.name` (default `test`).
+    pub name: &'static str,
     /// Number of nodes.
     pub nodes: usize,
     /// Number of heartbeat links.
@@ -55,6 +57,7 @@ pub struct Spec {
 impl Default for Spec {
     fn default() -> Self {
         Self {
+            name: "test",
             nodes: 3,
             links: 1,
             interval: "100ms",
@@ -313,7 +316,8 @@ fn config_text(spec: &Spec, net: &Net, dir: &Path) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "[cluster]\nname = \"test\"\nkind = \"{}\"\nauth_key_file = \"{}/cluster.key\"\nstate_dir = \"{}\"\n",
+        "[cluster]\nname = \"{}\"\nkind = \"{}\"\nauth_key_file = \"{}/cluster.key\"\nstate_dir = \"{}\"\n",
+        spec.name,
         if spec.host { "host" } else { "guest" },
         dir.display(),
         dir.display()

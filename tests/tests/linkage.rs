@@ -14,8 +14,9 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The host cluster: n0 runs the guests' VMs and listens for them.
-fn hosts() -> Cluster {
+/// The host cluster `hosts`: host `k` runs the VMs `vms[k]`; each host
+/// listens on a socket of its own.
+fn hosts(vms: [&'static [&'static str]; 3]) -> Cluster {
     // Each host listens on a socket of its own (`linkage_listen`).
     let mut extra = String::from("[linkage]\n\n");
     for g in 0..3 {
@@ -26,18 +27,14 @@ fn hosts() -> Cluster {
     }
     ok(Cluster::start_with(
         &Spec {
+            name: "hosts",
             host: true,
             extra,
             node_extra: "linkage_listen = [\"unix:{dir}/linkage-{node}.sock\"]".into(),
             ..Spec::default()
         },
         |dir| {
-            for k in 0..3 {
-                let domains: &[&str] = if k == 0 {
-                    &["vm-n0", "vm-n1", "vm-n2"]
-                } else {
-                    &[]
-                };
+            for (k, domains) in vms.iter().enumerate() {
                 let _ = std::fs::write(dir.join(format!("n{k}.xml")), test_host_xml(domains));
             }
             // Every guest of this test runs from one configuration, so they
@@ -47,19 +44,20 @@ fn hosts() -> Cluster {
     ))
 }
 
-/// The guest cluster, fencing through the host daemon at `socket` with
-/// the key in `key`; group `app` prefers n0, then n1.
-fn guests(socket: &std::path::Path, key: &std::path::Path) -> Cluster {
+/// The guest cluster `test`, fencing through the host daemon at `socket`
+/// (`{node}`: the guest's name) with the key in `key`; group `app` prefers
+/// n0, then n1.
+fn guests(socket: &str, key: &std::path::Path) -> Cluster {
     let extra = format!(
         "[[fencing]]\nname = \"via-host\"\nkind = \"host\"\ntargets = [\"n0\", \"n1\", \"n2\"]\n\
          timeout = \"5s\"\n\n\
          [[groups]]\nname = \"app\"\nnodes = [\"n0\", \"n1\"]\nfailback = \"manual\"\n\n\
-         [linkage]\nconnect = \"unix:{}\"\nkey_file = \"{}\"\n",
-        socket.display(),
+         [linkage]\nconnect = \"unix:/nonexistent\"\nkey_file = \"{}\"\n",
         key.display()
     );
     ok(Cluster::start(&Spec {
         extra,
+        node_extra: format!("linkage_connect = \"unix:{socket}\""),
         ..Spec::default()
     }))
 }
@@ -76,10 +74,10 @@ fn state(c: &Cluster, k: usize, vm: &str) -> Option<String> {
 
 #[test]
 fn a_guest_cluster_fences_a_lost_peer_through_its_host_daemon() {
-    let h = hosts();
+    let h = hosts([&["vm-n0", "vm-n1", "vm-n2"], &[], &[]]);
     ok(h.wait_converged(Duration::from_secs(10)));
     let mut g = guests(
-        &h.dir().join("linkage-n0.sock"),
+        &h.dir().join("linkage-n0.sock").display().to_string(),
         &h.dir().join("guests.key"),
     );
     ok(g.wait_converged(Duration::from_secs(10)));
@@ -198,4 +196,55 @@ fn a_guest_cluster_fences_a_lost_peer_through_its_host_daemon() {
             _ => false,
         },
     ));
+}
+
+#[test]
+fn a_fence_of_a_vm_on_another_host_is_forwarded_to_it() {
+    // Guest nK runs on host nK and talks to it; guest n0 dies, guest n1
+    // asks its host n1, which does not have vm-n0 (and, as it is not a
+    // `vm` resource, cannot know where it runs): it asks the other live
+    // hosts, and host n0 destroys it.
+    let h = hosts([&["vm-n0"], &["vm-n1"], &["vm-n2"]]);
+    ok(h.wait_converged(Duration::from_secs(10)));
+    let mut g = guests(
+        &format!("{}/linkage-{{node}}.sock", h.dir().display()),
+        &h.dir().join("guests.key"),
+    );
+    ok(g.wait_converged(Duration::from_secs(10)));
+    testbed::wait_until("every guest connected to its host", Duration::from_secs(10), || {
+        (0..3).all(|k| {
+            g.status(k).ok().and_then(|s| s.linkage).is_some_and(|l| {
+                matches!(l, LinkageStatus::Guest { connected: true, host: Some(ref h), .. } if *h == format!("n{k}"))
+            })
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", g.status(1).ok().and_then(|s| s.linkage)));
+
+    let t0 = Instant::now();
+    g.kill(0);
+    let fenced = g
+        .wait_event(1, "fence_succeeded", Duration::from_secs(10), |e| {
+            e["peer"] == "n0"
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", h.log(1), h.log(0)));
+    let took = t0.elapsed();
+    assert_eq!(fenced["device"], "via-host", "{fenced}");
+    assert_eq!(state(&h, 0, "vm-n0").as_deref(), Some("shutoff"));
+    assert_eq!(state(&h, 1, "vm-n1").as_deref(), Some("running"));
+    let forwarded = ok(
+        h.wait_event(1, "guest_fence_forwarded", Duration::from_secs(2), |e| {
+            e["peer"] == "n0"
+        }),
+    );
+    assert_eq!(forwarded["confirmed_by"], "n0", "{forwarded}");
+    let done = ok(
+        h.wait_event(0, "guest_fence_succeeded", Duration::from_secs(2), |e| {
+            e["peer"] == "n0"
+        }),
+    );
+    assert_eq!(done["requester"], "n1");
+    eprintln!(
+        "guest daemon killed to fence confirmed by another host (forwarded): {} ms",
+        took.as_millis()
+    );
 }
