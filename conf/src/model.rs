@@ -270,6 +270,13 @@ pub struct Node {
     /// Host clusters: the memory and vCPUs this host offers to VMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// Host clusters: per bridge the linked guests' interfaces are on, the
+    /// host NICs its traffic leaves by (`{ vmbr0 = ["eno1", "eno2"] }`).
+    /// When every one of a bridge's NICs is down, each connected guest
+    /// with an interface on that bridge is told (`NicDown`), and its `nic`
+    /// monitor on that interface fails; `NicUp` when one is back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uplinks: BTreeMap<String, Vec<String>>,
     /// Host clusters: where this host's daemon listens for its guests,
     /// instead of `linkage.listen` (its own addresses, or a Unix socket
     /// path of its own).

@@ -193,6 +193,21 @@ fn nodes(c: &Config, u: &Unparsed, p: &mut Problems) {
                 "only nodes of a host cluster have a hypervisor",
             );
         }
+        for (bridge, nics) in &node.uplinks {
+            let key = format!("nodes[{i}].uplinks.{bridge}");
+            if c.cluster.kind != ClusterKind::Host {
+                push(p, key, "only hosts have uplinks for their guests");
+                continue;
+            }
+            if nics.is_empty() {
+                push(p, key.clone(), "name at least one host NIC");
+            }
+            for name in std::iter::once(bridge).chain(nics) {
+                if let Some(msg) = interface_name_problem(name) {
+                    push(p, key.clone(), msg);
+                }
+            }
+        }
         for (l, e) in node.linkage_listen.iter().enumerate() {
             let key = format!("nodes[{i}].linkage_listen[{l}]");
             if !matches!(c.linkage, Some(Linkage::Host(_))) {

@@ -60,11 +60,13 @@ fn list(problems: &[DriverProblem]) -> String {
 }
 
 /// Drivers for every resource and monitor of `config` on `node`, or every
-/// reason why some cannot be built.
+/// reason why some cannot be built. `host` is what the host says of this
+/// guest's interfaces (the linkage), which `nic` monitors also check.
 pub fn build(
     config: &conf::Config,
     node: &str,
     state_dir: &std::path::Path,
+    host: Option<&crate::host_link::HostNotices>,
 ) -> Result<Drivers, DriverError> {
     let mut drivers = Drivers::default();
     let mut problems = Vec::new();
@@ -87,7 +89,7 @@ pub fn build(
         }
         let mut monitors: Vec<Arc<dyn MonitorDriver>> = Vec::new();
         for m in &group.monitors {
-            match monitor_driver(config, group, node, m, &rsctmp) {
+            match monitor_driver(config, group, node, m, &rsctmp, host) {
                 Ok(d) => monitors.push(d),
                 Err(message) => problems.push(DriverProblem {
                     group: group.name.clone(),
@@ -153,6 +155,7 @@ fn monitor_driver(
     node: &str,
     m: &conf::Monitor,
     rsctmp: &Arc<crate::ocf::RscTmp>,
+    host: Option<&crate::host_link::HostNotices>,
 ) -> Result<Arc<dyn MonitorDriver>, String> {
     let group = group_config.name.as_str();
     Ok(match &m.kind {
@@ -181,11 +184,14 @@ fn monitor_driver(
         conf::MonitorKind::Custom(c) => {
             Arc::new(crate::exec::CustomMonitor::new(group, &m.name, node, c))
         }
-        conf::MonitorKind::Nic(n) => Arc::new(crate::net_monitors::NicMonitor::new(
-            n,
-            m.interval.get(),
-            floating_addresses(config, group_config, node, m, &n.interface),
-        )),
+        conf::MonitorKind::Nic(n) => Arc::new(
+            crate::net_monitors::NicMonitor::new(
+                n,
+                m.interval.get(),
+                floating_addresses(config, group_config, node, m, &n.interface),
+            )
+            .with_host_notices(host.cloned()),
+        ),
         conf::MonitorKind::Ip(i) => Arc::new(crate::net_monitors::IpMonitor::new(i)),
         conf::MonitorKind::Tcp(t) => Arc::new(crate::service_monitors::TcpMonitorDriver::new(
             group, &m.name, t,
@@ -322,7 +328,7 @@ kind = "http"
 url = "http://256.1.1.1/health"
 "#,
         );
-        let e = match build(&c, "node-a", state.path()) {
+        let e = match build(&c, "node-a", state.path(), None) {
             Ok(d) => panic!("built: {d:?}"),
             Err(e) => e,
         };
@@ -377,7 +383,7 @@ kind = "http"
 url = "http://[2001:db8::1]:8080/health"
 "#,
         );
-        let d = build(&c, "node-a", state.path()).unwrap_or_else(|e| panic!("{e}"));
+        let d = build(&c, "node-a", state.path(), None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((d.resources[0].len(), d.monitors[0].len()), (1, 2));
     }
 

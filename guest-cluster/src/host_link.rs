@@ -8,11 +8,18 @@
 //! device's timeout is a failed attempt, which the engine's fencer
 //! retries (and reports) like any other.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cluster_core::fence::{Device, FenceError, FenceFuture};
 use cluster_core::status::LinkageStatus;
-use linkage::{GuestId, HostLink, LinkKey};
+use linkage::{GuestId, HostLink, LinkKey, Message};
+use tokio::sync::watch;
+
+/// What the host said of this guest's interfaces: by MAC address (lower
+/// case), why the interface cannot carry traffic (its host uplink is
+/// down). `nic` monitors read it.
+pub type HostNotices = watch::Receiver<BTreeMap<String, String>>;
 
 /// Why the linkage could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +34,7 @@ pub enum GuestLinkageError {
 pub struct GuestLinkage {
     link: HostLink,
     connect: String,
+    notices: HostNotices,
 }
 
 impl GuestLinkage {
@@ -53,17 +61,60 @@ impl GuestLinkage {
             .and_then(|n| n.linkage_connect.clone())
             .unwrap_or_else(|| g.connect.clone());
         let (link, mut pushed) = HostLink::spawn(connect.clone(), me, key, incarnation);
-        // Nothing the host sends unasked is acted on yet (NIC and
-        // maintenance notices come with their features): logged.
+        let (notices_tx, notices) = watch::channel(BTreeMap::new());
+        let state = link.clone();
         tokio::spawn(async move {
             while let Some(m) = pushed.recv().await {
-                tracing::info!(message = ?m, "linkage: message from the host (not acted on by this version)");
+                let host = state.state().host.unwrap_or_else(|| "?".into());
+                match m {
+                    Message::NicDown {
+                        host_interface,
+                        guest_macs,
+                    } => {
+                        tracing::warn!(host, host_interface, macs = ?guest_macs, "linkage: the host reports the uplink of this guest's interfaces down");
+                        notices_tx.send_modify(|n| {
+                            for mac in guest_macs {
+                                n.insert(
+                                    mac.to_ascii_lowercase(),
+                                    format!(
+                                        "its host uplink {host_interface} on host {host} is down"
+                                    ),
+                                );
+                            }
+                        });
+                    }
+                    Message::NicUp {
+                        host_interface,
+                        guest_macs,
+                    } => {
+                        notices_tx.send_if_modified(|n| {
+                            let before = n.len();
+                            for mac in &guest_macs {
+                                n.remove(&mac.to_ascii_lowercase());
+                            }
+                            let changed = n.len() != before;
+                            if changed {
+                                tracing::info!(host, host_interface, macs = ?guest_macs, "linkage: the host reports the uplink of this guest's interfaces back up");
+                            }
+                            changed
+                        });
+                    }
+                    other => {
+                        tracing::info!(message = ?other, "linkage: message from the host (not acted on by this version)");
+                    }
+                }
             }
         });
         Ok(Some(Self {
             link,
             connect: connect.to_string(),
+            notices,
         }))
+    }
+
+    /// What the host says of this guest's interfaces, for `nic` monitors.
+    pub fn notices(&self) -> HostNotices {
+        self.notices.clone()
     }
 
     /// The fence devices of kind `host` in `config`, through this session.

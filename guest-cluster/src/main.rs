@@ -40,27 +40,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // a driver cannot use (a connection string or URL its library does not
     // parse...) stops the daemon here, naming it, before anything binds or
     // starts.
-    let drivers = guest_cluster::drivers::build(&start.config, &start.node, &start.state_dir)
-        .inspect_err(|e| {
-            for problem in &e.problems {
-                tracing::error!(
-                    group = %problem.group,
-                    "{} `{}` cannot run: {}",
-                    problem.what,
-                    problem.name,
-                    problem.message,
-                );
-            }
-        })
-        .with_context(|| format!("configuration {} cannot run", start.config_file.display()))?;
+    // The session to the host daemon first: `nic` monitors read what the
+    // host says of this guest's interfaces, and `host` fence devices use it.
+    let linkage = GuestLinkage::start(&start.config, &start.node).context("linkage")?;
+    let notices = linkage.as_ref().map(GuestLinkage::notices);
+    let drivers = guest_cluster::drivers::build(
+        &start.config,
+        &start.node,
+        &start.state_dir,
+        notices.as_ref(),
+    )
+    .inspect_err(|e| {
+        for problem in &e.problems {
+            tracing::error!(
+                group = %problem.group,
+                "{} `{}` cannot run: {}",
+                problem.what,
+                problem.name,
+                problem.message,
+            );
+        }
+    })
+    .with_context(|| format!("configuration {} cannot run", start.config_file.display()))?;
     // The management addresses (`api.listen`) are bound before anything
     // starts, so that a bad address or token is a start-up error; the
     // control socket appears once the daemon answers on it.
     let api = cluster_core::api::Listeners::bind(&start.config.api, &start.api_socket)
         .context("control API")?;
-    // The session to the host daemon, and the `host` fence devices that
-    // use it.
-    let linkage = GuestLinkage::start(&start.config, &start.node).context("linkage")?;
     let mut drivers = drivers;
     if let Some(l) = &linkage {
         drivers.fence = l.fence_devices(&start.config);

@@ -136,6 +136,8 @@ pub struct NicMonitor {
     watcher: Mutex<Option<Watcher>>,
     /// When the previous check started, and whether it passed.
     previous: Mutex<Option<(Instant, bool)>>,
+    /// What the host says of this guest's interfaces (the linkage).
+    host: Option<crate::host_link::HostNotices>,
 }
 
 impl NicMonitor {
@@ -153,6 +155,31 @@ impl NicMonitor {
             bounce_window: interval.saturating_mul(2),
             watcher: Mutex::new(None),
             previous: Mutex::new(None),
+            host: None,
+        }
+    }
+
+    /// The same monitor, also failing while the host reports this
+    /// interface's uplink down (by its MAC address).
+    #[must_use]
+    pub fn with_host_notices(mut self, notices: Option<crate::host_link::HostNotices>) -> Self {
+        self.host = notices;
+        self
+    }
+
+    /// Why the host says the interface `link` cannot carry traffic.
+    fn host_says(&self, link: &crate::floating_ip::Link) -> Result<(), String> {
+        let (Some(notices), Some(mac)) = (&self.host, link.mac) else {
+            return Ok(());
+        };
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        match notices.borrow().get(&mac) {
+            Some(why) => Err(format!("interface `{}` ({mac}): {why}", self.interface)),
+            None => Ok(()),
         }
     }
 
@@ -292,6 +319,7 @@ impl NicMonitor {
         self.judge(&observed.state)?;
         self.bounced(&observed, previous, started)?;
         if let NicState::Known(Some(link)) = &observed.state {
+            self.host_says(link)?;
             self.addresses_present(link.index, deadline).await?;
         }
         Ok(())

@@ -9,4 +9,5 @@ pub mod hypervisor;
 pub mod libvirt_events;
 pub mod linkage_service;
 pub mod service;
+pub mod uplinks;
 pub mod vm;

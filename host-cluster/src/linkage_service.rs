@@ -36,7 +36,11 @@ use linkage::server::Answer;
 use linkage::{GuestHandler, GuestId, LinkKey, LinkServer, Listener, Message};
 use serde_json::json;
 
+use tokio::sync::{mpsc, watch};
+
 use crate::guest_fence::{GuestFenceError, GuestFencer};
+use crate::hypervisor::Hypervisor;
+use crate::uplinks::{self, Bridge};
 
 /// Longest a forwarded fence may take, all hosts at once.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -73,6 +77,9 @@ struct Answers {
     engine: Arc<Engine>,
     events: Arc<EventLog>,
     host_key: LinkKey,
+    /// A guest opened a session (it asks `WhereAmI` first): tell it the
+    /// state of its uplinks.
+    connected: mpsc::UnboundedSender<GuestId>,
 }
 
 impl Answers {
@@ -240,11 +247,14 @@ impl GuestHandler for Answers {
         Box::pin(async move {
             let from_host = self.is_host(guest);
             match message {
-                Message::WhereAmI { request_id } if !from_host => Some(Message::YouAreOn {
-                    request_id,
-                    host: self.node.clone(),
-                    cluster: self.config.cluster.name.clone(),
-                }),
+                Message::WhereAmI { request_id } if !from_host => {
+                    let _ = self.connected.send(guest.clone());
+                    Some(Message::YouAreOn {
+                        request_id,
+                        host: self.node.clone(),
+                        cluster: self.config.cluster.name.clone(),
+                    })
+                }
                 Message::Fence { request_id, peer } if !from_host => {
                     tracing::info!(%guest, peer, "linkage: fence requested");
                     let r = self.fence(&guest.name, &peer).await;
@@ -307,6 +317,7 @@ impl HostLinkage {
         node: &str,
         fencer: Arc<GuestFencer>,
         engine: Arc<Engine>,
+        hypervisor: Hypervisor,
     ) -> Result<Option<Self>, LinkageStartError> {
         let Some(conf::Linkage::Host(h)) = &config.linkage else {
             return Ok(None);
@@ -346,6 +357,7 @@ impl HostLinkage {
             }
         };
         let events = engine.events().clone();
+        let (connected, new_sessions) = mpsc::unbounded_channel();
         let server = LinkServer::new(
             Arc::new(key_of),
             Arc::new(Answers {
@@ -355,8 +367,13 @@ impl HostLinkage {
                 engine,
                 events,
                 host_key,
+                connected,
             }),
         );
+        let uplinks = config
+            .node(node)
+            .map(|n| n.uplinks.clone())
+            .unwrap_or_default();
         let mut serving = Vec::new();
         let mut listen = Vec::new();
         let own = config
@@ -374,6 +391,13 @@ impl HostLinkage {
             tracing::info!(endpoint = %l.endpoint(), "linkage: listening for guests");
             serving.push(server.serve(l));
         }
+        serving.push(tokio::spawn(tell_uplinks(
+            server.clone(),
+            hypervisor,
+            h.guests.clone(),
+            uplinks::watch(uplinks),
+            new_sessions,
+        )));
         Ok(Some(Self {
             server,
             listen,
@@ -411,6 +435,96 @@ impl Drop for HostLinkage {
     fn drop(&mut self) {
         for s in &self.serving {
             s.abort();
+        }
+    }
+}
+
+/// Tell the connected guests what their uplinks do: every guest when a
+/// bridge goes down or comes back, a guest when its session opens.
+async fn tell_uplinks(
+    server: LinkServer,
+    hypervisor: Hypervisor,
+    guests: Vec<conf::LinkedGuest>,
+    mut uplinks: watch::Receiver<BTreeMap<String, Bridge>>,
+    mut new_sessions: mpsc::UnboundedReceiver<GuestId>,
+) {
+    loop {
+        let targets: Vec<GuestId> = tokio::select! {
+            r = uplinks.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                server.sessions().into_iter().map(|s| s.guest).collect()
+            }
+            g = new_sessions.recv() => match g {
+                Some(g) => vec![g],
+                None => return,
+            },
+        };
+        let state = uplinks.borrow().clone();
+        if state.is_empty() {
+            continue;
+        }
+        for guest in targets {
+            tell_guest(&server, &hypervisor, &guests, &state, &guest).await;
+        }
+    }
+}
+
+/// Send `guest` a `NicDown` or `NicUp` for each bridge of `state` that one
+/// of its interfaces is on (from its domain's XML on this host).
+async fn tell_guest(
+    server: &LinkServer,
+    hypervisor: &Hypervisor,
+    guests: &[conf::LinkedGuest],
+    state: &BTreeMap<String, Bridge>,
+    guest: &GuestId,
+) {
+    let Some(g) = guests
+        .iter()
+        .find(|g| g.name == guest.name && g.cluster == guest.cluster)
+    else {
+        return;
+    };
+    let domain = g.domain.clone();
+    let xml = hypervisor
+        .call(move |c| {
+            c.lookup_domain_by_name(&domain)
+                .and_then(|d| d.xml_desc(0))
+                .ok()
+        })
+        .await
+        .ok()
+        .flatten();
+    let Some(xml) = xml else {
+        tracing::debug!(%guest, domain = %g.domain, "linkage: the guest's domain is not on this host; no uplink notice");
+        return;
+    };
+    let interfaces = uplinks::bridged_interfaces(&xml);
+    for (bridge, b) in state {
+        let guest_macs: Vec<String> = interfaces
+            .iter()
+            .filter(|(_, br)| br == bridge)
+            .map(|(mac, _)| mac.clone())
+            .collect();
+        if guest_macs.is_empty() {
+            continue;
+        }
+        let host_interface = format!("{bridge} ({})", b.names());
+        let message = if b.down() {
+            tracing::warn!(%guest, bridge, "linkage: telling the guest its uplink is down");
+            Message::NicDown {
+                host_interface,
+                guest_macs,
+            }
+        } else {
+            Message::NicUp {
+                host_interface,
+                guest_macs,
+            }
+        };
+        if !server.push(guest, message) {
+            tracing::warn!(%guest, bridge, "linkage: the uplink notice could not be queued");
         }
     }
 }

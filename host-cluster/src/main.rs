@@ -78,9 +78,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .context("cannot start the cluster engine")?;
     let shutdown_engine = engine.clone();
     let fencer = HostService::guest_fencer(&start.config, &start.node, &engine, &hypervisor);
-    let linkage = HostLinkage::start(&start.config, &start.node, fencer.clone(), engine.clone())
-        .await
-        .context("linkage")?;
+    let linkage = HostLinkage::start(
+        &start.config,
+        &start.node,
+        fencer.clone(),
+        engine.clone(),
+        hypervisor.clone(),
+    )
+    .await
+    .context("linkage")?;
     let service = Arc::new(HostService::new(
         start.config,
         start.config_file.display().to_string(),

@@ -248,3 +248,156 @@ fn a_fence_of_a_vm_on_another_host_is_forwarded_to_it() {
         took.as_millis()
     );
 }
+
+/// Run `ip ARGS`, failing the test on an error.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_host_uplink_down_moves_the_guest_s_application_to_a_guest_on_another_host() {
+    // Each host has a bridge `vmbr0` whose only uplink is `up0` (a veth);
+    // vm-n0's interface, on host n0's vmbr0, is guest n0's eth0 (same
+    // MAC). Guest n0 runs `app`, whose `nic` monitor watches eth0: the
+    // guest's own link stays up, only the host sees its uplink fail.
+    const MAC: &str = "52:54:00:aa:00:00";
+    let spec = Spec {
+        name: "hosts",
+        host: true,
+        extra: {
+            let mut extra = String::from("[linkage]\n\n");
+            for g in 0..3 {
+                extra.push_str(&format!(
+                    "[[linkage.guests]]\nname = \"n{g}\"\ndomain = \"vm-n{g}\"\ncluster = \"test\"\n\
+                     key_file = \"{{dir}}/guests.key\"\n\n"
+                ));
+            }
+            extra
+        },
+        node_extra: "linkage_listen = [\"unix:{dir}/linkage-{node}.sock\"]\n\
+                     uplinks = { vmbr0 = [\"up0\"] }"
+            .into(),
+        ..Spec::default()
+    };
+    let h = ok(Cluster::start_with_net(&spec, |dir, net| {
+        for k in 0..3 {
+            let ns = net.ns(k);
+            ip(&["-n", &ns, "link", "add", "vmbr0", "type", "bridge"]);
+            ip(&[
+                "-n", &ns, "link", "add", "up0", "type", "veth", "peer", "name", "up0p",
+            ]);
+            ip(&["-n", &ns, "link", "set", "up0", "master", "vmbr0", "up"]);
+            ip(&["-n", &ns, "link", "set", "up0p", "up"]);
+            ip(&["-n", &ns, "link", "set", "vmbr0", "up"]);
+            let xml = if k == 0 {
+                test_host_xml(&[]).replace(
+                    "</node>",
+                    &format!(
+                        "  <domain type='test'><name>vm-n0</name><memory>524288</memory><vcpu>1</vcpu>\
+                         <os><type>hvm</type></os><devices><interface type='bridge'>\
+                         <mac address='{MAC}'/><source bridge='vmbr0'/></interface></devices></domain>\n</node>"
+                    ),
+                )
+            } else {
+                test_host_xml(&[&format!("vm-n{k}")])
+            };
+            std::fs::write(dir.join(format!("n{k}.xml")), xml)?;
+        }
+        write_key(&dir.join("guests.key"));
+        Ok(())
+    }));
+    ok(h.wait_converged(Duration::from_secs(10)));
+    let socket = format!("{}/linkage-{{node}}.sock", h.dir().display());
+    let key = h.dir().join("guests.key");
+    let g = ok(Cluster::start_with_net(
+        &Spec {
+            extra: format!(
+                "[[groups]]\nname = \"app\"\nnodes = [\"n0\", \"n1\"]\nfailback = \"manual\"\n\n\
+                 [[groups.monitors]]\nname = \"lan\"\nkind = \"nic\"\ninterface = \"eth0\"\n\
+                 interval = \"200ms\"\ntimeout = \"1s\"\nrecovery = {{ restart = 0, failover = 1 }}\n\n\
+                 [linkage]\nconnect = \"unix:/nonexistent\"\nkey_file = \"{}\"\n",
+                key.display()
+            ),
+            node_extra: format!("linkage_connect = \"unix:{socket}\""),
+            ..Spec::default()
+        },
+        |_, net| {
+            ip(&["-n", &net.ns(0), "link", "set", "eth0", "address", MAC]);
+            Ok(())
+        },
+    ));
+    ok(g.wait_converged(Duration::from_secs(10)));
+    let owner = |c: &Cluster| {
+        c.status(1)
+            .ok()
+            .and_then(|s| s.groups.into_iter().find(|gr| gr.name == "app"))
+            .and_then(|gr| gr.owner)
+    };
+    ok(testbed::wait_until(
+        "app running on n0",
+        Duration::from_secs(10),
+        || owner(&g).as_deref() == Some("n0"),
+    ));
+    ok(testbed::wait_until(
+        "guest n0 connected to host n0",
+        Duration::from_secs(10),
+        || {
+            g.status(0).ok().and_then(|s| s.linkage).is_some_and(|l| {
+            matches!(l, LinkageStatus::Guest { connected: true, host: Some(ref h), .. } if h == "n0")
+        })
+        },
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        owner(&g).as_deref(),
+        Some("n0"),
+        "app moved with the uplink up"
+    );
+
+    // Host n0's uplink fails.
+    let cut = cluster_core::events::now_ms();
+    let t0 = Instant::now();
+    ip(&["-n", &h.net.ns(0), "link", "set", "up0", "down"]);
+    let running = g
+        .wait_event(1, "group_running", Duration::from_secs(10), |e| {
+            e["group"] == "app" && e["ts_ms"].as_u64() >= Some(cut)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", g.log(0), h.log(0)));
+    let took = t0.elapsed();
+    let failed = ok(
+        g.wait_event(0, "monitor_failed", Duration::from_secs(1), |e| {
+            e["group"] == "app" && e["ts_ms"].as_u64() >= Some(cut)
+        }),
+    );
+    let detail = failed["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("uplink") && detail.contains("vmbr0") && detail.contains(MAC),
+        "{failed}"
+    );
+    assert_eq!(owner(&g).as_deref(), Some("n1"));
+    eprintln!(
+        "host uplink down to app running on a guest of another host: {} ms (monitor failed {} ms); the monitor said: {detail}",
+        took.as_millis(),
+        failed["ts_ms"].as_u64().unwrap_or(cut).saturating_sub(cut),
+    );
+    let _ = running;
+
+    // Back up: guest n0's monitor passes again (n0 is eligible), and the
+    // application stays on n1 (fail-back is manual).
+    ip(&["-n", &h.net.ns(0), "link", "set", "up0", "up"]);
+    ok(testbed::wait_until(
+        "guest n0 told its uplink is back",
+        Duration::from_secs(5),
+        || g.log(0).contains("back up"),
+    ));
+    assert_eq!(owner(&g).as_deref(), Some("n1"));
+}

@@ -760,7 +760,7 @@ pid_file = "{scratch}/no-such.pid"
         scratch = f.scratch().display(),
     );
     let config = conf::load_str("t.toml", &toml).unwrap_or_else(|e| panic!("{e:?}"));
-    let drivers = crate::drivers::build(&config, "node-a", &state.join("node-a"))
+    let drivers = crate::drivers::build(&config, "node-a", &state.join("node-a"), None)
         .unwrap_or_else(|e| panic!("{e}"));
     let app = &drivers.resources[0][0];
     assert_eq!(
@@ -782,7 +782,7 @@ pid_file = "{scratch}/no-such.pid"
     ));
 
     // Another node has its own HA_RSCTMP: the resource is not running there.
-    let other = crate::drivers::build(&config, "node-b", &state.join("node-b"))
+    let other = crate::drivers::build(&config, "node-b", &state.join("node-b"), None)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         other.resources[0][0]
