@@ -100,6 +100,25 @@ pub enum Request {
         #[serde(default)]
         action: GuestFenceAction,
     },
+    /// Put the daemon's own node in maintenance (`on`: its groups move
+    /// away; a host first has its guests hand their applications over and
+    /// shuts them down after) or take it out. Answered with
+    /// [`Response::Accepted`] at once; the procedure's steps appear in
+    /// status (`maintenance`) until it is done or `timeout_ms` passed.
+    Maintenance {
+        /// Into maintenance, or out of it.
+        on: bool,
+        /// Bound on the whole procedure.
+        #[serde(default = "default_maintenance_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+/// Default bound of a maintenance procedure: 10 minutes.
+pub const DEFAULT_MAINTENANCE_TIMEOUT_MS: u64 = 600_000;
+
+fn default_maintenance_timeout_ms() -> u64 {
+    DEFAULT_MAINTENANCE_TIMEOUT_MS
 }
 
 /// What [`Request::FenceGuest`] does to the peer's VM.
@@ -155,7 +174,10 @@ impl Request {
     /// The group and command of a group request; `None` for the others.
     pub fn group_command(&self) -> Option<(&str, GroupCommand)> {
         match self {
-            Self::Status | Self::Events { .. } | Self::FenceGuest { .. } => None,
+            Self::Status
+            | Self::Events { .. }
+            | Self::FenceGuest { .. }
+            | Self::Maintenance { .. } => None,
             Self::GroupStart { group } => Some((group, GroupCommand::Start)),
             Self::GroupStop { group } => Some((group, GroupCommand::Stop)),
             Self::GroupMove { group, node } => {

@@ -226,3 +226,34 @@ pub fn run_state_name(s: RunState) -> &'static str {
         RunState::Unknown => "unknown",
     }
 }
+
+/// Begin a maintenance procedure of this node (see
+/// [`crate::maintenance`]); the answer says how to follow it.
+///
+/// # Errors
+/// Another procedure is still running.
+pub fn maintenance_request(
+    progress: &crate::maintenance::Progress,
+    runtime: &Runtime,
+    on: bool,
+    timeout_ms: u64,
+    prepare: Option<crate::maintenance::Hook>,
+    last: Option<crate::maintenance::Hook>,
+) -> Result<Response, ApiError> {
+    crate::maintenance::begin(
+        progress,
+        runtime.clone(),
+        on,
+        Duration::from_millis(timeout_ms),
+        prepare,
+        last,
+    )
+    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Response::Accepted {
+        message: if on {
+            "going into maintenance; `clusterctl status` shows the steps".into()
+        } else {
+            "leaving maintenance".into()
+        },
+    })
+}

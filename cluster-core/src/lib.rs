@@ -14,6 +14,7 @@ pub mod engine;
 pub mod events;
 pub mod fence;
 pub mod guard;
+pub mod maintenance;
 pub mod membership;
 pub mod node;
 pub mod placement;

@@ -40,9 +40,28 @@ pub struct NodeStatus {
     /// newest placement puts on each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capacity: Vec<NodeCapacity>,
+    /// The newest maintenance procedure of this node, when there was one
+    /// since the daemon started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceReport>,
     /// The host<->guest linkage as this daemon sees it, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linkage: Option<LinkageStatus>,
+}
+
+/// A maintenance procedure (`clusterctl maintenance on|off`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceReport {
+    /// Into maintenance (`true`) or out of it.
+    pub on: bool,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+    /// What was done, in order, in words.
+    pub steps: Vec<String>,
+    /// It ended.
+    pub done: bool,
+    /// It ended with everything done.
+    pub ok: bool,
 }
 
 /// The linkage: a host's guests, or a guest's session to its host.

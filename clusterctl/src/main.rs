@@ -15,6 +15,7 @@ mod demo_cmd;
 mod events_cmd;
 mod group_cmd;
 mod guest_cmd;
+mod maintenance_cmd;
 mod simulate_cmd;
 mod status_cmd;
 mod target;
@@ -100,6 +101,26 @@ enum Command {
     /// Act for a linked guest on a host daemon (host clusters).
     #[command(subcommand)]
     Guest(GuestCommand),
+    /// Put the daemon's node in maintenance, or take it out. `on`: its
+    /// groups move to other nodes; on a host, every linked guest whose VM
+    /// runs here first hands its applications over to guests on other
+    /// hosts, and the guests' VMs that are not VMs of the host cluster
+    /// are shut down at the end. Prints the steps as they happen; exit 0
+    /// once the node may be taken down (`on`) or is back (`off`), 1 if
+    /// not (in time).
+    Maintenance {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Bound on the whole procedure.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Return once the daemon accepted it, without following it.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Clear a group's failures (failed state, restart counts, bans).
     Clear {
         /// The group.
@@ -257,6 +278,12 @@ fn main() -> ExitCode {
         Command::Clear { group, target } => {
             group_cmd::run(&target, cli.json, &Request::Clear { group })
         }
+        Command::Maintenance {
+            state,
+            timeout,
+            no_wait,
+            target,
+        } => maintenance_cmd::run(&target, cli.json, state == "on", timeout, !no_wait),
         Command::Demo { dir, keep_running } => demo_cmd::run(&dir, keep_running, cli.json),
     };
     match result {

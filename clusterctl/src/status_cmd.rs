@@ -282,6 +282,19 @@ pub(crate) fn render(s: &NodeStatus) -> String {
     if let Some(l) = &s.linkage {
         render_linkage(&mut out, l);
     }
+    if let Some(m) = &s.maintenance {
+        let what = match (m.on, m.done, m.ok) {
+            (true, false, _) => "going into maintenance",
+            (true, true, true) => "in maintenance (done)",
+            (true, true, false) => "maintenance NOT FINISHED",
+            (false, false, _) => "leaving maintenance",
+            (false, true, _) => "out of maintenance",
+        };
+        let _ = writeln!(out, "\nMaintenance: {what}");
+        for step in &m.steps {
+            let _ = writeln!(out, "  {step}");
+        }
+    }
     out
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cluster_core::fence::{Device, FenceError, FenceFuture};
 use cluster_core::status::LinkageStatus;
 use linkage::{GuestId, HostLink, LinkKey, Message};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// What the host said of this guest's interfaces: by MAC address (lower
 /// case), why the interface cannot carry traffic (its host uplink is
@@ -35,6 +35,16 @@ pub struct GuestLinkage {
     link: HostLink,
     connect: String,
     notices: HostNotices,
+    prepare: std::sync::Mutex<Option<mpsc::Receiver<PrepareShutdown>>>,
+}
+
+/// The host's `PrepareShutdown`: hand every group over, then answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrepareShutdown {
+    /// The host's request, to answer with `ShutdownReady`.
+    pub request_id: u64,
+    /// How long the host waits.
+    pub deadline: Duration,
 }
 
 impl GuestLinkage {
@@ -62,6 +72,7 @@ impl GuestLinkage {
             .unwrap_or_else(|| g.connect.clone());
         let (link, mut pushed) = HostLink::spawn(connect.clone(), me, key, incarnation);
         let (notices_tx, notices) = watch::channel(BTreeMap::new());
+        let (prepare_tx, prepare) = mpsc::channel(4);
         let state = link.clone();
         tokio::spawn(async move {
             while let Some(m) = pushed.recv().await {
@@ -99,6 +110,20 @@ impl GuestLinkage {
                             changed
                         });
                     }
+                    Message::PrepareShutdown {
+                        request_id,
+                        deadline_ms,
+                    } => {
+                        tracing::warn!(
+                            host,
+                            deadline_ms,
+                            "linkage: the host goes into maintenance: handing this guest's groups over"
+                        );
+                        let _ = prepare_tx.try_send(PrepareShutdown {
+                            request_id,
+                            deadline: Duration::from_millis(deadline_ms),
+                        });
+                    }
                     other => {
                         tracing::info!(message = ?other, "linkage: message from the host (not acted on by this version)");
                     }
@@ -109,7 +134,25 @@ impl GuestLinkage {
             link,
             connect: connect.to_string(),
             notices,
+            prepare: std::sync::Mutex::new(Some(prepare)),
         }))
+    }
+
+    /// The host's `PrepareShutdown` requests (taken once, by the daemon,
+    /// which answers each with [`GuestLinkage::shutdown_ready`]).
+    pub fn take_prepare_requests(&self) -> Option<mpsc::Receiver<PrepareShutdown>> {
+        self.prepare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Tell the host this guest handed its groups over (`ShutdownReady`).
+    ///
+    /// # Errors
+    /// No session to the host.
+    pub async fn shutdown_ready(&self, request_id: u64) -> Result<(), linkage::LinkError> {
+        self.link.tell(Message::ShutdownReady { request_id }).await
     }
 
     /// What the host says of this guest's interfaces, for `nic` monitors.

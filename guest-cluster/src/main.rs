@@ -96,6 +96,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         engine,
         linkage,
     ));
+    // The host's `PrepareShutdown`: hand the groups over (this guest goes
+    // into maintenance), then answer `ShutdownReady`.
+    if let Some(mut requests) = service
+        .linkage()
+        .and_then(GuestLinkage::take_prepare_requests)
+    {
+        let svc = service.clone();
+        tokio::spawn(async move {
+            while let Some(req) = requests.recv().await {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let deadline = std::time::Instant::now() + req.deadline;
+                    if !svc.prepare_shutdown(deadline).await {
+                        tracing::error!(
+                            "maintenance of the host: this guest's groups were not all handed over in time; not telling the host it may shut this guest down"
+                        );
+                        return;
+                    }
+                    if let Some(l) = svc.linkage()
+                        && let Err(e) = l.shutdown_ready(req.request_id).await
+                    {
+                        tracing::error!(
+                            "maintenance of the host: cannot tell it this guest is ready: {e}"
+                        );
+                    }
+                });
+            }
+        });
+    }
     api.serve(service, stop).await.context("control API")?;
     shutdown_engine.shutdown().await;
     tracing::info!("guest-clusterd stopped");

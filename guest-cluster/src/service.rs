@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use cluster_core::api::{self, ApiError, Handler, Request, Response};
 use cluster_core::engine::Engine;
+use cluster_core::maintenance::Progress;
 use cluster_core::status::NodeStatus;
 
 use crate::host_link::GuestLinkage;
@@ -18,6 +19,7 @@ pub struct GuestService {
     started: Instant,
     engine: Arc<Engine>,
     linkage: Option<GuestLinkage>,
+    maintenance: Progress,
 }
 
 impl GuestService {
@@ -37,6 +39,36 @@ impl GuestService {
             started: Instant::now(),
             engine,
             linkage,
+            maintenance: Progress::default(),
+        }
+    }
+
+    /// This guest's session to its host daemon, when it has one.
+    pub fn linkage(&self) -> Option<&GuestLinkage> {
+        self.linkage.as_ref()
+    }
+
+    /// Put this guest in maintenance for its host (`PrepareShutdown`):
+    /// its groups move to other guests; `true` once none runs here,
+    /// `false` if that did not happen by `deadline`.
+    pub async fn prepare_shutdown(&self, deadline: std::time::Instant) -> bool {
+        let timeout = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        // One already running (an operator's) is followed as it is.
+        let _ = cluster_core::control::maintenance_request(
+            &self.maintenance,
+            self.engine.runtime(),
+            true,
+            timeout_ms,
+            None,
+            None,
+        );
+        loop {
+            match self.maintenance.report() {
+                Some(r) if r.done => return r.ok && r.on,
+                _ if std::time::Instant::now() >= deadline => return false,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
         }
     }
 
@@ -60,6 +92,7 @@ impl GuestService {
             engine: Some(cluster_core::control::engine_status(&core, runtime.names())),
             hypervisor: None,
             capacity: Vec::new(),
+            maintenance: self.maintenance.report(),
             linkage: self.linkage.as_ref().map(GuestLinkage::status),
         }
     }
@@ -72,6 +105,14 @@ impl Handler for GuestService {
             Request::Events { since_ms, limit } => {
                 api::events_response(self.engine.events().path().to_owned(), since_ms, limit).await
             }
+            Request::Maintenance { on, timeout_ms } => cluster_core::control::maintenance_request(
+                &self.maintenance,
+                self.engine.runtime(),
+                on,
+                timeout_ms,
+                None,
+                None,
+            ),
             group => cluster_core::control::group_request(&self.config, &self.engine, &group).await,
         }
     }

@@ -36,7 +36,13 @@ use linkage::server::Answer;
 use linkage::{GuestHandler, GuestId, LinkKey, LinkServer, Listener, Message};
 use serde_json::json;
 
-use tokio::sync::{mpsc, watch};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use cluster_core::maintenance::{Hook, Progress};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::guest_fence::{GuestFenceError, GuestFencer};
 use crate::hypervisor::Hypervisor;
@@ -80,6 +86,8 @@ struct Answers {
     /// A guest opened a session (it asks `WhereAmI` first): tell it the
     /// state of its uplinks.
     connected: mpsc::UnboundedSender<GuestId>,
+    /// `PrepareShutdown`s waiting for their `ShutdownReady`.
+    ready: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
 }
 
 impl Answers {
@@ -278,6 +286,17 @@ impl GuestHandler for Answers {
                         .map_err(|e| e.to_string());
                     Some(Self::result(request_id, r))
                 }
+                Message::ShutdownReady { request_id } if !from_host => {
+                    let waiting = self
+                        .ready
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&request_id);
+                    if let Some(w) = waiting {
+                        let _ = w.send(());
+                    }
+                    None
+                }
                 Message::ForwardFence { request_id, .. } => {
                     tracing::warn!(%guest, "linkage: a guest sent a host's ForwardFence; refused");
                     Some(Self::result(
@@ -297,6 +316,7 @@ impl GuestHandler for Answers {
 /// The running linkage of a host daemon.
 #[derive(Debug)]
 pub struct HostLinkage {
+    maintenance: Arc<MaintenanceCtx>,
     server: LinkServer,
     listen: Vec<String>,
     guests: Vec<conf::LinkedGuest>,
@@ -358,6 +378,7 @@ impl HostLinkage {
         };
         let events = engine.events().clone();
         let (connected, new_sessions) = mpsc::unbounded_channel();
+        let ready: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
         let server = LinkServer::new(
             Arc::new(key_of),
             Arc::new(Answers {
@@ -368,6 +389,7 @@ impl HostLinkage {
                 events,
                 host_key,
                 connected,
+                ready: ready.clone(),
             }),
         );
         let uplinks = config
@@ -391,6 +413,19 @@ impl HostLinkage {
             tracing::info!(endpoint = %l.endpoint(), "linkage: listening for guests");
             serving.push(server.serve(l));
         }
+        let managed: HashSet<String> = config
+            .resources()
+            .filter(|(_, r)| matches!(r.kind, conf::ResourceKind::Vm(_)))
+            .map(|(_, r)| r.name.clone())
+            .collect();
+        let maintenance = Arc::new(MaintenanceCtx {
+            server: server.clone(),
+            hypervisor: hypervisor.clone(),
+            guests: h.guests.clone(),
+            managed,
+            ready,
+            next_id: AtomicU64::new(0),
+        });
         serving.push(tokio::spawn(tell_uplinks(
             server.clone(),
             hypervisor,
@@ -403,7 +438,28 @@ impl HostLinkage {
             listen,
             guests: h.guests.clone(),
             serving,
+            maintenance,
         }))
+    }
+
+    /// The preparation of this host's maintenance: every connected guest
+    /// whose VM runs here is asked to hand its groups over
+    /// (`PrepareShutdown`), and its `ShutdownReady` awaited.
+    pub fn hand_guests_over(&self) -> Hook {
+        let ctx = self.maintenance.clone();
+        Box::new(move |progress, deadline| {
+            Box::pin(async move { ctx.hand_over(progress, deadline).await })
+        })
+    }
+
+    /// The last step of this host's maintenance: the linked guests' VMs
+    /// still running here that are not `vm` resources (those the host
+    /// cluster moved already) are shut down (ACPI) and seen off.
+    pub fn shut_guests_down(&self) -> Hook {
+        let ctx = self.maintenance.clone();
+        Box::new(move |progress, deadline| {
+            Box::pin(async move { ctx.shut_down(progress, deadline).await })
+        })
     }
 
     /// For `clusterctl status`.
@@ -525,6 +581,151 @@ async fn tell_guest(
         };
         if !server.push(guest, message) {
             tracing::warn!(%guest, bridge, "linkage: the uplink notice could not be queued");
+        }
+    }
+}
+
+/// What a host's maintenance needs of the linkage.
+#[derive(Debug)]
+struct MaintenanceCtx {
+    server: LinkServer,
+    hypervisor: Hypervisor,
+    guests: Vec<conf::LinkedGuest>,
+    /// Domains that are `vm` resources of this host cluster.
+    managed: HashSet<String>,
+    ready: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+    next_id: AtomicU64,
+}
+
+impl MaintenanceCtx {
+    fn domain_of(&self, guest: &GuestId) -> Option<&conf::LinkedGuest> {
+        self.guests
+            .iter()
+            .find(|g| g.name == guest.name && g.cluster == guest.cluster)
+    }
+
+    /// Whether `domain` is active on this host (`None`: libvirt did not
+    /// answer).
+    async fn active(&self, domain: &str) -> Option<bool> {
+        let d = domain.to_owned();
+        self.hypervisor
+            .call(move |c| match c.lookup_domain_by_name(&d) {
+                Ok(dom) => dom.is_active().ok(),
+                Err(_) => Some(false),
+            })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn hand_over(&self, progress: Progress, deadline: Instant) -> Result<(), String> {
+        let mut waits = tokio::task::JoinSet::new();
+        for s in self.server.sessions() {
+            let Some(g) = self.domain_of(&s.guest) else {
+                continue;
+            };
+            if self.active(&g.domain).await != Some(true) {
+                continue;
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            let (tx, rx) = oneshot::channel();
+            self.ready
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, tx);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let sent = self.server.push(
+                &s.guest,
+                Message::PrepareShutdown {
+                    request_id: id,
+                    deadline_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                },
+            );
+            let who = format!("guest {} (domain {})", s.guest.name, g.domain);
+            if !sent {
+                progress.step(format!("{who}: could not be asked (its session is gone)"));
+                continue;
+            }
+            progress.step(format!("{who}: asked to hand its groups over"));
+            let asked = Instant::now();
+            waits.spawn(async move {
+                let ok = tokio::time::timeout_at(deadline.into(), rx)
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                (who, ok, asked.elapsed())
+            });
+        }
+        let mut missing = Vec::new();
+        while let Some(Ok((who, ok, took))) = waits.join_next().await {
+            if ok {
+                progress.step(format!(
+                    "{who}: handed its groups over in {} ms",
+                    took.as_millis()
+                ));
+            } else {
+                progress.step(format!(
+                    "{who}: did not say it was ready before the deadline"
+                ));
+                missing.push(who);
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not ready: {}", missing.join(", ")))
+        }
+    }
+
+    async fn shut_down(&self, progress: Progress, deadline: Instant) -> Result<(), String> {
+        let mut left = Vec::new();
+        for g in &self.guests {
+            if self.managed.contains(&g.domain) || self.active(&g.domain).await != Some(true) {
+                continue;
+            }
+            let started = Instant::now();
+            let d = g.domain.clone();
+            let asked = self
+                .hypervisor
+                .call(move |c| {
+                    c.lookup_domain_by_name(&d)
+                        .and_then(|dom| dom.shutdown())
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            if let Err(e) = asked {
+                progress.step(format!("guest VM {}: shutdown refused: {e}", g.domain));
+                left.push(g.domain.clone());
+                continue;
+            }
+            loop {
+                match self.active(&g.domain).await {
+                    Some(false) => {
+                        progress.step(format!(
+                            "guest VM {} shut down in {} ms",
+                            g.domain,
+                            started.elapsed().as_millis()
+                        ));
+                        break;
+                    }
+                    _ if Instant::now() >= deadline => {
+                        progress.step(format!(
+                            "guest VM {}: still running at the deadline",
+                            g.domain
+                        ));
+                        left.push(g.domain.clone());
+                        break;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("guest VMs still running here: {}", left.join(", ")))
         }
     }
 }

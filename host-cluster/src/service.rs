@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use cluster_core::api::{self, ApiError, Handler, Request, Response};
 use cluster_core::engine::Engine;
+use cluster_core::maintenance::Progress;
 use cluster_core::status::{DomainStatus, HypervisorStatus, NodeStatus};
 use conf::ResourceKind;
 
@@ -23,6 +24,7 @@ pub struct HostService {
     hypervisor: Hypervisor,
     fencer: Arc<GuestFencer>,
     linkage: Option<HostLinkage>,
+    maintenance: Progress,
 }
 
 impl HostService {
@@ -47,6 +49,7 @@ impl HostService {
             hypervisor,
             fencer,
             linkage,
+            maintenance: Progress::default(),
         }
     }
 
@@ -117,6 +120,7 @@ impl HostService {
             engine: Some(cluster_core::control::engine_status(&core, runtime.names())),
             hypervisor: Some(hypervisor),
             capacity,
+            maintenance: self.maintenance.report(),
             linkage: self.linkage.as_ref().map(HostLinkage::status),
         }
     }
@@ -139,6 +143,14 @@ impl Handler for HostService {
                 .await
                 .map(crate::guest_fence::GuestFenced::into_response)
                 .map_err(|e| ApiError::from(&e)),
+            Request::Maintenance { on, timeout_ms } => cluster_core::control::maintenance_request(
+                &self.maintenance,
+                self.engine.runtime(),
+                on,
+                timeout_ms,
+                self.linkage.as_ref().map(HostLinkage::hand_guests_over),
+                self.linkage.as_ref().map(HostLinkage::shut_guests_down),
+            ),
             group => cluster_core::control::group_request(&self.config, &self.engine, &group).await,
         }
     }

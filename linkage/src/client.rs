@@ -66,7 +66,8 @@ type Build = Box<dyn FnOnce(u64) -> Message + Send>;
 
 struct Request {
     build: Build,
-    answer: oneshot::Sender<Message>,
+    /// `None`: a message that has no answer.
+    answer: Option<oneshot::Sender<Message>>,
 }
 
 /// A guest's link to its host daemon; cheap to clone.
@@ -134,7 +135,10 @@ impl HostLink {
         }
         let (answer, answered) = oneshot::channel();
         self.requests
-            .send(Request { build, answer })
+            .send(Request {
+                build,
+                answer: Some(answer),
+            })
             .await
             .map_err(|_| LinkError::Broken)?;
         match tokio::time::timeout(timeout, answered).await {
@@ -142,6 +146,28 @@ impl HostLink {
             Ok(Err(_)) => Err(LinkError::Broken),
             Err(_) => Err(LinkError::Timeout(timeout)),
         }
+    }
+
+    /// Send `message`, which has no answer (`ShutdownReady`...), on the
+    /// open session.
+    ///
+    /// # Errors
+    /// No session.
+    pub async fn tell(&self, message: Message) -> Result<(), LinkError> {
+        let state = self.state();
+        if !state.connected {
+            return Err(LinkError::NotConnected {
+                endpoint: self.endpoint.to_string(),
+                why: state.error.unwrap_or_else(|| "not opened yet".into()),
+            });
+        }
+        self.requests
+            .send(Request {
+                build: Box::new(move |_| message),
+                answer: None,
+            })
+            .await
+            .map_err(|_| LinkError::Broken)
     }
 
     /// Ask the host to power `peer` (a guest of this guest's cluster) off.
@@ -307,7 +333,9 @@ async fn serve(
                     let Some(r) = r else { break 'session String::new() };
                     *next_id += 1;
                     let id = *next_id;
-                    pending.insert(id, r.answer);
+                    if let Some(answer) = r.answer {
+                        pending.insert(id, answer);
+                    }
                     if let Err(e) = writer.send((r.build)(id)).await {
                         break 'session e.to_string();
                     }

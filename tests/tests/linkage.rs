@@ -401,3 +401,122 @@ fn a_host_uplink_down_moves_the_guest_s_application_to_a_guest_on_another_host()
     ));
     assert_eq!(owner(&g).as_deref(), Some("n1"));
 }
+
+#[test]
+fn a_host_in_maintenance_has_its_guests_hand_their_applications_over_then_shuts_them_down() {
+    // Guest nK runs on host nK. Host n0 also runs the host cluster's VM
+    // `db` (a `vm` resource preferring n0). `clusterctl maintenance on` on
+    // host n0: guest n0 hands `app` over to guest n1 and says it is ready,
+    // then host n0 goes into maintenance (`db` moves to n1), then vm-n0
+    // is shut down.
+    let mut extra = String::from(
+        "[[groups]]\nname = \"db\"\nnodes = [\"n0\", \"n1\"]\n\n\
+         [[groups.resources]]\nname = \"db\"\nkind = \"vm\"\ndomain_xml = \"{dir}/db.xml\"\n\n\
+         [linkage]\n\n",
+    );
+    for g in 0..3 {
+        extra.push_str(&format!(
+            "[[linkage.guests]]\nname = \"n{g}\"\ndomain = \"vm-n{g}\"\ncluster = \"test\"\n\
+             key_file = \"{{dir}}/guests.key\"\n\n"
+        ));
+    }
+    let h = ok(Cluster::start_with(
+        &Spec {
+            name: "hosts",
+            host: true,
+            extra,
+            node_extra: "linkage_listen = [\"unix:{dir}/linkage-{node}.sock\"]".into(),
+            ..Spec::default()
+        },
+        |dir| {
+            for k in 0..3 {
+                let _ = std::fs::write(
+                    dir.join(format!("n{k}.xml")),
+                    test_host_xml(&[&format!("vm-n{k}")]),
+                );
+            }
+            let _ = std::fs::write(
+                dir.join("db.xml"),
+                testbed::cluster::test_domain_xml("db", 512, 1),
+            );
+            write_key(&dir.join("guests.key"));
+        },
+    ));
+    ok(h.wait_converged(Duration::from_secs(10)));
+    let g = guests(
+        &format!("{}/linkage-{{node}}.sock", h.dir().display()),
+        &h.dir().join("guests.key"),
+    );
+    ok(g.wait_converged(Duration::from_secs(10)));
+    let owner = |c: &Cluster, group: &str| {
+        c.status(1)
+            .ok()
+            .and_then(|s| s.groups.into_iter().find(|gr| gr.name == group))
+            .and_then(|gr| gr.owner)
+    };
+    ok(testbed::wait_until(
+        "app on n0 and db on n0",
+        Duration::from_secs(10),
+        || owner(&g, "app").as_deref() == Some("n0") && owner(&h, "db").as_deref() == Some("n0"),
+    ));
+    ok(testbed::wait_until(
+        "guest n0 connected",
+        Duration::from_secs(10),
+        || {
+            g.status(0).ok().and_then(|s| s.linkage).is_some_and(|l| {
+                matches!(
+                    l,
+                    LinkageStatus::Guest {
+                        connected: true,
+                        ..
+                    }
+                )
+            })
+        },
+    ));
+
+    let t0 = Instant::now();
+    let socket = h.socket(0).display().to_string();
+    let out = testbed::run(
+        "clusterctl",
+        &["maintenance", "on", "--timeout", "30s", "--socket", &socket],
+    );
+    let took = t0.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}\n{}\n{}", h.log(0), g.log(0));
+    assert!(
+        text.contains("guest n0 (domain vm-n0): handed its groups over in")
+            && text.contains("guest VM vm-n0 shut down in")
+            && text.contains("in maintenance: nothing of the cluster runs on this node"),
+        "{text}"
+    );
+    // The application runs on a guest of another host; the host's own VM
+    // moved; the guest's VM is off.
+    assert_eq!(owner(&g, "app").as_deref(), Some("n1"));
+    assert_eq!(owner(&h, "db").as_deref(), Some("n1"));
+    assert_eq!(state(&h, 0, "vm-n0").as_deref(), Some("shutoff"));
+    assert_eq!(state(&h, 1, "vm-n1").as_deref(), Some("running"));
+    // The guest handed over before its VM went down: it stopped `app`
+    // itself (a clean stop, not a fence).
+    assert!(
+        g.events(1)
+            .iter()
+            .all(|e| e["kind"] != "fence_succeeded" || e["peer"] != "n0"),
+        "guest n0 was fenced"
+    );
+    eprintln!(
+        "clusterctl maintenance on (host with a guest and a VM of its own): {} ms\n{text}",
+        took.as_millis()
+    );
+
+    let out = testbed::run("clusterctl", &["maintenance", "off", "--socket", &socket]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
