@@ -123,15 +123,25 @@ async fn recv_hs<R: AsyncRead + Unpin>(r: &mut R) -> Result<Handshake, SessionEr
     Ok(frame::parse_versioned(&body)?)
 }
 
-fn proof(key: &LinkKey, side: &str, id: &GuestId, client: &[u8], server: &[u8]) -> [u8; TAG_BYTES] {
-    key.mac(&[
+/// What a side's proof is the MAC of.
+fn proof_parts<'a>(
+    side: &'a str,
+    id: &'a GuestId,
+    client: &'a [u8],
+    server: &'a [u8],
+) -> [&'a [u8]; 6] {
+    [
         b"kvmha-linkage/1 proof",
         side.as_bytes(),
         id.name.as_bytes(),
         id.cluster.as_bytes(),
         client,
         server,
-    ])
+    ]
+}
+
+fn proof(key: &LinkKey, side: &str, id: &GuestId, client: &[u8], server: &[u8]) -> [u8; TAG_BYTES] {
+    key.mac(&proof_parts(side, id, client, server))
 }
 
 fn proof_ok(
@@ -142,20 +152,7 @@ fn proof_ok(
     server: &[u8],
     got: &str,
 ) -> bool {
-    let Ok(got) = hex::decode(got) else {
-        return false;
-    };
-    key.verify(
-        &[
-            b"kvmha-linkage/1 proof",
-            side.as_bytes(),
-            id.name.as_bytes(),
-            id.cluster.as_bytes(),
-            client,
-            server,
-        ],
-        &got,
-    )
+    hex::decode(got).is_ok_and(|got| key.verify(&proof_parts(side, id, client, server), &got))
 }
 
 fn decode_nonce(hexed: &str) -> Result<Vec<u8>, SessionError> {

@@ -182,6 +182,40 @@ recovery = {recovery}
             .unwrap_or_else(|e| panic!("{e:#}\n{}", self.diagnostics()))
     }
 
+    /// Ask the guest for `path` (a CGI that makes it fail) and check it
+    /// answered `expected`.
+    fn ask(&self, path: &str, expected: &str) {
+        assert_eq!(
+            self.lan
+                .get_path(&self.guest, path, Duration::from_secs(5))
+                .as_deref(),
+            Some(expected),
+            "{}",
+            self.diagnostics()
+        );
+    }
+
+    /// n0's first `monitor_failed` of `web` at or after `since`, within
+    /// `within`.
+    fn failure_after(&self, since: u64, within: Duration) -> Value {
+        self.c
+            .wait_event(0, "monitor_failed", within, |e| {
+                e["group"] == "web" && e["ts_ms"].as_u64() >= Some(since)
+            })
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.diagnostics()))
+    }
+
+    /// `web` was recovered on n0: its QEMU runs there only, no host was
+    /// fenced, n1 never started it.
+    fn assert_still_on_n0_alone(&self) {
+        assert_eq!(self.qemu_hosts(), BTreeSet::from(["n0".to_owned()]));
+        assert!(testbed::fence::fenced(self.c.dir()).is_empty());
+        assert!(
+            event_ts(&self.c.events(1), "group_starting", "web", 0).is_none(),
+            "web was started on n1"
+        );
+    }
+
     /// The daemons' logs, libvirtd logs and the guest's console.
     fn diagnostics(&self) -> String {
         let mut out = String::new();
@@ -288,22 +322,13 @@ fn a_crashed_qemu_is_restarted_on_the_same_host_by_the_recovery_ladder() {
         )
         .map_err(anyhow::Error::from));
     }
-    let failed = ok(bed
-        .c
-        .wait_event(0, "monitor_failed", Duration::from_secs(10), |e| {
-            e["group"] == "web" && e["ts_ms"].as_u64() >= Some(killed)
-        }));
+    let failed = bed.failure_after(killed, Duration::from_secs(10));
     assert_eq!(failed["action"], "restart", "{failed}");
     let second = bed.next_boot(&first, BOOT);
     let took = t0.elapsed();
 
     // Restarted here, not failed over: no fencing, no start on n1.
-    assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n0".to_owned()]));
-    assert!(testbed::fence::fenced(bed.c.dir()).is_empty());
-    assert!(
-        event_ts(&bed.c.events(1), "group_starting", "web", 0).is_none(),
-        "web was started on n1"
-    );
+    bed.assert_still_on_n0_alone();
     let ev = bed.c.events(0);
     println!(
         "kill -9 of web's QEMU to web answering again on n0: {} ms (monitor failed {}, VM created \
@@ -582,11 +607,7 @@ fn a_libvirtd_restart_is_survived_and_a_later_crash_is_still_seen() {
         )
         .map_err(anyhow::Error::from));
     }
-    let failed = ok(bed
-        .c
-        .wait_event(0, "monitor_failed", Duration::from_secs(10), |e| {
-            e["group"] == "web" && e["ts_ms"].as_u64() >= Some(killed)
-        }));
+    let failed = bed.failure_after(killed, Duration::from_secs(10));
     assert_eq!(failed["action"], "restart", "{failed}");
     bed.next_boot(&first, BOOT);
     assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n0".to_owned()]));
@@ -608,20 +629,8 @@ fn a_guest_panic_is_seen_through_pvpanic_and_the_crashed_vm_is_destroyed_before_
     // The guest's kernel panics; the pvpanic device tells QEMU.
     let asked = cluster_core::events::now_ms();
     let t0 = Instant::now();
-    assert_eq!(
-        bed.lan
-            .get_path(&bed.guest, "/cgi-bin/panic", Duration::from_secs(5))
-            .as_deref(),
-        Some("panicking"),
-        "{}",
-        bed.diagnostics()
-    );
-    let failed = bed
-        .c
-        .wait_event(0, "monitor_failed", Duration::from_secs(20), |e| {
-            e["group"] == "web" && e["ts_ms"].as_u64() >= Some(asked)
-        })
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", bed.diagnostics()));
+    bed.ask("/cgi-bin/panic", "panicking");
+    let failed = bed.failure_after(asked, Duration::from_secs(20));
     let detail = failed["detail"].as_str().unwrap_or_default().to_owned();
     assert!(
         detail.contains("crashed") && detail.contains("panicked"),
@@ -675,20 +684,8 @@ fn a_vm_paused_on_an_io_error_is_a_failure_and_is_restarted_by_the_recovery_ladd
     // QEMU gets ENOSPC and, with error_policy='stop', pauses the VM.
     let asked = cluster_core::events::now_ms();
     let t0 = Instant::now();
-    assert_eq!(
-        bed.lan
-            .get_path(&bed.guest, "/cgi-bin/fill", Duration::from_secs(5))
-            .as_deref(),
-        Some("filling /dev/vda"),
-        "{}",
-        bed.diagnostics()
-    );
-    let failed = bed
-        .c
-        .wait_event(0, "monitor_failed", Duration::from_secs(30), |e| {
-            e["group"] == "web" && e["ts_ms"].as_u64() >= Some(asked)
-        })
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", bed.diagnostics()));
+    bed.ask("/cgi-bin/fill", "filling /dev/vda");
+    let failed = bed.failure_after(asked, Duration::from_secs(30));
     let detail = failed["detail"].as_str().unwrap_or_default().to_owned();
     assert!(
         detail.contains("io-error"),
@@ -700,12 +697,7 @@ fn a_vm_paused_on_an_io_error_is_a_failure_and_is_restarted_by_the_recovery_ladd
     let took = t0.elapsed();
 
     // Restarted here (the paused run destroyed first), not failed over.
-    assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n0".to_owned()]));
-    assert!(testbed::fence::fenced(bed.c.dir()).is_empty());
-    assert!(
-        event_ts(&bed.c.events(1), "group_starting", "web", 0).is_none(),
-        "web was started on n1"
-    );
+    bed.assert_still_on_n0_alone();
     let ev = bed.c.events(0);
     println!(
         "guest write to a full thin pool on n0 to web answering again on n0: {} ms (monitor \

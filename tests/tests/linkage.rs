@@ -14,34 +14,40 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The host cluster `hosts`: host `k` runs the VMs `vms[k]`; each host
-/// listens on a socket of its own.
-fn hosts(vms: [&'static [&'static str]; 3]) -> Cluster {
-    // Each host listens on a socket of its own (`linkage_listen`).
-    let mut extra = String::from("[linkage]\n\n");
+/// The host cluster `hosts`: `groups` (TOML), the guests `n0`..`n2` of
+/// guest cluster `test` linked with the key `{dir}/guests.key` (domains
+/// `vm-n0`..), each host listening on `{dir}/linkage-{node}.sock`, and
+/// `node_extra` for every host.
+fn host_spec(groups: &str, node_extra: &str) -> Spec {
+    let mut extra = format!("{groups}[linkage]\n\n");
     for g in 0..3 {
         extra.push_str(&format!(
             "[[linkage.guests]]\nname = \"n{g}\"\ndomain = \"vm-n{g}\"\ncluster = \"test\"\n\
              key_file = \"{{dir}}/guests.key\"\n\n"
         ));
     }
-    ok(Cluster::start_with(
-        &Spec {
-            name: "hosts",
-            host: true,
-            extra,
-            node_extra: "linkage_listen = [\"unix:{dir}/linkage-{node}.sock\"]".into(),
-            ..Spec::default()
-        },
-        |dir| {
-            for (k, domains) in vms.iter().enumerate() {
-                let _ = std::fs::write(dir.join(format!("n{k}.xml")), test_host_xml(domains));
-            }
-            // Every guest of this test runs from one configuration, so they
-            // share a key file; each guest's own key in the field.
-            write_key(&dir.join("guests.key"));
-        },
-    ))
+    Spec {
+        name: "hosts",
+        host: true,
+        extra,
+        node_extra: format!(
+            "linkage_listen = [\"unix:{{dir}}/linkage-{{node}}.sock\"]\n{node_extra}"
+        ),
+        ..Spec::default()
+    }
+}
+
+/// The host cluster of [`host_spec`] without groups, where host `k` runs
+/// the VMs `vms[k]`.
+fn hosts(vms: [&'static [&'static str]; 3]) -> Cluster {
+    ok(Cluster::start_with(&host_spec("", ""), |dir| {
+        for (k, domains) in vms.iter().enumerate() {
+            let _ = std::fs::write(dir.join(format!("n{k}.xml")), test_host_xml(domains));
+        }
+        // Every guest of this test runs from one configuration, so they
+        // share a key file; each guest's own key in the field.
+        write_key(&dir.join("guests.key"));
+    }))
 }
 
 /// The guest cluster `test`, fencing through the host daemon at `socket`
@@ -270,24 +276,7 @@ fn a_host_uplink_down_moves_the_guest_s_application_to_a_guest_on_another_host()
     // MAC). Guest n0 runs `app`, whose `nic` monitor watches eth0: the
     // guest's own link stays up, only the host sees its uplink fail.
     const MAC: &str = "52:54:00:aa:00:00";
-    let spec = Spec {
-        name: "hosts",
-        host: true,
-        extra: {
-            let mut extra = String::from("[linkage]\n\n");
-            for g in 0..3 {
-                extra.push_str(&format!(
-                    "[[linkage.guests]]\nname = \"n{g}\"\ndomain = \"vm-n{g}\"\ncluster = \"test\"\n\
-                     key_file = \"{{dir}}/guests.key\"\n\n"
-                ));
-            }
-            extra
-        },
-        node_extra: "linkage_listen = [\"unix:{dir}/linkage-{node}.sock\"]\n\
-                     uplinks = { vmbr0 = [\"up0\"] }"
-            .into(),
-        ..Spec::default()
-    };
+    let spec = host_spec("", "uplinks = { vmbr0 = [\"up0\"] }");
     let h = ok(Cluster::start_with_net(&spec, |dir, net| {
         for k in 0..3 {
             let ns = net.ns(k);
@@ -409,39 +398,21 @@ fn a_host_in_maintenance_has_its_guests_hand_their_applications_over_then_shuts_
     // host n0: guest n0 hands `app` over to guest n1 and says it is ready,
     // then host n0 goes into maintenance (`db` moves to n1), then vm-n0
     // is shut down.
-    let mut extra = String::from(
-        "[[groups]]\nname = \"db\"\nnodes = [\"n0\", \"n1\"]\n\n\
-         [[groups.resources]]\nname = \"db\"\nkind = \"vm\"\ndomain_xml = \"{dir}/db.xml\"\n\n\
-         [linkage]\n\n",
-    );
-    for g in 0..3 {
-        extra.push_str(&format!(
-            "[[linkage.guests]]\nname = \"n{g}\"\ndomain = \"vm-n{g}\"\ncluster = \"test\"\n\
-             key_file = \"{{dir}}/guests.key\"\n\n"
-        ));
-    }
-    let h = ok(Cluster::start_with(
-        &Spec {
-            name: "hosts",
-            host: true,
-            extra,
-            node_extra: "linkage_listen = [\"unix:{dir}/linkage-{node}.sock\"]".into(),
-            ..Spec::default()
-        },
-        |dir| {
-            for k in 0..3 {
-                let _ = std::fs::write(
-                    dir.join(format!("n{k}.xml")),
-                    test_host_xml(&[&format!("vm-n{k}")]),
-                );
-            }
+    let db = "[[groups]]\nname = \"db\"\nnodes = [\"n0\", \"n1\"]\n\n\
+              [[groups.resources]]\nname = \"db\"\nkind = \"vm\"\ndomain_xml = \"{dir}/db.xml\"\n\n";
+    let h = ok(Cluster::start_with(&host_spec(db, ""), |dir| {
+        for k in 0..3 {
             let _ = std::fs::write(
-                dir.join("db.xml"),
-                testbed::cluster::test_domain_xml("db", 512, 1),
+                dir.join(format!("n{k}.xml")),
+                test_host_xml(&[&format!("vm-n{k}")]),
             );
-            write_key(&dir.join("guests.key"));
-        },
-    ));
+        }
+        let _ = std::fs::write(
+            dir.join("db.xml"),
+            testbed::cluster::test_domain_xml("db", 512, 1),
+        );
+        write_key(&dir.join("guests.key"));
+    }));
     ok(h.wait_converged(Duration::from_secs(10)));
     let g = guests(
         &format!("{}/linkage-{{node}}.sock", h.dir().display()),
