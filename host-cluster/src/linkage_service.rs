@@ -16,6 +16,12 @@
 //! anything else is `off: false` with every host's reason. A forwarded
 //! request is never forwarded again.
 //!
+//! When no host has the VM, it is off only if this host is quorate, this
+//! host and every live host it asked said the VM is not active there, and
+//! every other host of the cluster is down for certain (fenced, or its
+//! lease expired). Linked guests run on hosts of this host cluster: a
+//! guest whose host lost power is off once that host is fenced.
+//!
 //! Another host is reached at its node's `linkage_listen` (or
 //! `linkage.listen`): a TCP endpoint on an unspecified address
 //! (`0.0.0.0`, `::`) is reached at the host's first heartbeat address of
@@ -104,13 +110,47 @@ impl Answers {
                 request_id,
                 off: true,
                 error: None,
+                absent: false,
             },
             Err(e) => Message::FenceResult {
                 request_id,
                 off: false,
                 error: Some(e),
+                absent: false,
             },
         }
+    }
+
+    /// Every other host of this cluster that is not alive is down for
+    /// certain (fenced, or its lease expired), and this host is quorate:
+    /// the hosts that are not down are the ones asked.
+    fn others_down(&self, asked: &[String]) -> Result<Vec<String>, String> {
+        if !self.engine.quorum().is_some_and(|q| q.quorate) {
+            return Err("this host has no quorum".into());
+        }
+        let takeovers = self.engine.takeovers();
+        let mut down = Vec::new();
+        for n in &self.config.nodes {
+            if n.name == self.node || asked.contains(&n.name) {
+                continue;
+            }
+            match takeovers.iter().find(|t| t.peer == n.name) {
+                Some(t) if t.state == "allowed" => down.push(n.name.clone()),
+                Some(t) => {
+                    return Err(format!(
+                        "host {} is lost and not fenced yet ({})",
+                        n.name, t.state
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "host {} was not asked and is not known down",
+                        n.name
+                    ));
+                }
+            }
+        }
+        Ok(down)
     }
 
     /// Fence `peer` for `requester` here; if its VM is not here, on the
@@ -137,6 +177,7 @@ impl Answers {
         hint: Option<String>,
         why_not_here: &str,
     ) -> Result<String, String> {
+        let unknown_where = hint.is_none();
         let targets: Vec<String> = match hint {
             Some(h) => vec![h],
             None => self
@@ -147,11 +188,6 @@ impl Answers {
                 .map(|m| m.name)
                 .collect(),
         };
-        if targets.is_empty() {
-            return Err(format!(
-                "not on this host ({why_not_here}), and no other host is alive to ask"
-            ));
-        }
         tracing::info!(requester, peer, to = ?targets, "linkage: the VM is not here; forwarding the fence");
         let me = GuestId {
             name: self.node.clone(),
@@ -181,6 +217,7 @@ impl Answers {
             });
         }
         let mut failures = Vec::new();
+        let mut absent = Vec::new();
         while let Some(joined) = asks.join_next().await {
             let Ok((host, answer)) = joined else {
                 continue;
@@ -194,6 +231,7 @@ impl Answers {
                     );
                     return Ok(format!("`{peer}` confirmed off by host `{host}`"));
                 }
+                Ok(Message::FenceResult { absent: true, .. }) => absent.push(host),
                 Ok(Message::FenceResult { error, .. }) => failures.push(format!(
                     "{host}: {}",
                     error.unwrap_or_else(|| "not off".into())
@@ -202,15 +240,55 @@ impl Answers {
                 Err(e) => failures.push(format!("{host}: {e}")),
             }
         }
-        let why = format!(
-            "not on this host ({why_not_here}); asked {}: {}",
-            targets.join(", "),
-            if failures.is_empty() {
-                "no host could be reached".to_owned()
-            } else {
-                failures.join("; ")
+        // Where it runs is unknown, this host and every live host it asked
+        // said it is not active there, and every other host is down for
+        // certain: it runs nowhere (a linked guest runs on a host of this
+        // cluster).
+        if unknown_where && failures.is_empty() && absent.len() == targets.len() {
+            match self.others_down(&targets) {
+                Ok(down) => {
+                    self.events.emit(
+                        "guest_fence_forwarded",
+                        json!({"requester": requester, "peer": peer, "to": targets, "absent_on": absent, "down": down}),
+                    );
+                    return Ok(format!(
+                        "`{peer}` is off: not active on this host nor on {}, and {} down (fenced or lease expired)",
+                        absent.join(", "),
+                        if down.is_empty() {
+                            "no other host is".to_owned()
+                        } else {
+                            format!("{} is", down.join(", "))
+                        }
+                    ));
+                }
+                Err(why) => failures.push(format!(
+                    "not active on {}, but it may run elsewhere: {why}",
+                    absent.join(", ")
+                )),
             }
-        );
+        } else if !absent.is_empty() {
+            failures.push(format!("not active on {}", absent.join(", ")));
+        }
+        let why = if targets.is_empty() {
+            format!(
+                "not on this host ({why_not_here}), and no other host is alive to ask{}",
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", failures.join("; "))
+                }
+            )
+        } else {
+            format!(
+                "not on this host ({why_not_here}); asked {}: {}",
+                targets.join(", "),
+                if failures.is_empty() {
+                    "no host could be reached".to_owned()
+                } else {
+                    failures.join("; ")
+                }
+            )
+        };
         self.events.emit(
             "guest_fence_forwarded",
             json!({"requester": requester, "peer": peer, "to": targets, "error": why}),
@@ -281,10 +359,19 @@ impl GuestHandler for Answers {
                     let r = self
                         .fencer
                         .fence(&requester, &peer, GuestFenceAction::Off)
-                        .await
-                        .map(|done| done.message())
-                        .map_err(|e| e.to_string());
-                    Some(Self::result(request_id, r))
+                        .await;
+                    Some(match r {
+                        Err(e @ GuestFenceError::NotHere { .. }) => Message::FenceResult {
+                            request_id,
+                            off: false,
+                            error: Some(e.to_string()),
+                            absent: true,
+                        },
+                        r => Self::result(
+                            request_id,
+                            r.map(|done| done.message()).map_err(|e| e.to_string()),
+                        ),
+                    })
                 }
                 Message::ShutdownReady { request_id } if !from_host => {
                     let waiting = self

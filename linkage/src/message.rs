@@ -70,6 +70,10 @@ pub enum Message {
         off: bool,
         /// Why not, when not.
         error: Option<String>,
+        /// Answers to [`Message::ForwardFence`]: the peer's VM is not
+        /// active on the answering host (its libvirt said so).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        absent: bool,
     },
     /// guest -> host: which host am I on?
     WhereAmI {

@@ -34,6 +34,7 @@ impl GuestHandler for Host {
                     request_id,
                     off: peer == "g2",
                     error: (peer != "g2").then(|| format!("`{peer}` is not a peer")),
+                    absent: false,
                 }),
                 _ => None,
             }

@@ -491,3 +491,82 @@ fn a_host_in_maintenance_has_its_guests_hand_their_applications_over_then_shuts_
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_guest_whose_host_was_lost_is_off_once_that_host_is_fenced() {
+    // Guest nK runs on host nK. Host n0 loses power: its daemon and guest
+    // n0 (its VM) die together. Guest n1 asks its host n1 to fence n0;
+    // vm-n0 is on no live host (n2 says it is not there), and host n0 is
+    // down for certain once the host cluster has fenced it: off.
+    let mut h = ok(Cluster::start_with(
+        &host_spec(&testbed::fence::config(3), ""),
+        |dir| {
+            testbed::fence::install(dir);
+            for k in 0..3 {
+                let _ = std::fs::write(
+                    dir.join(format!("n{k}.xml")),
+                    test_host_xml(&[&format!("vm-n{k}")]),
+                );
+            }
+            write_key(&dir.join("guests.key"));
+        },
+    ));
+    testbed::fence::arm(&h);
+    ok(h.wait_converged(Duration::from_secs(10)));
+    let mut g = guests(
+        &format!("{}/linkage-{{node}}.sock", h.dir().display()),
+        &h.dir().join("guests.key"),
+    );
+    ok(g.wait_converged(Duration::from_secs(10)));
+    ok(testbed::wait_until(
+        "every guest connected",
+        Duration::from_secs(10),
+        || {
+            (0..3).all(|k| {
+                g.status(k).ok().and_then(|s| s.linkage).is_some_and(|l| {
+                    matches!(
+                        l,
+                        LinkageStatus::Guest {
+                            connected: true,
+                            ..
+                        }
+                    )
+                })
+            })
+        },
+    ));
+
+    let t0 = Instant::now();
+    h.kill(0);
+    g.kill(0);
+    let fenced = g
+        .wait_event(1, "fence_succeeded", Duration::from_secs(20), |e| {
+            e["peer"] == "n0"
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", g.log(1), h.log(1)));
+    let took = t0.elapsed();
+    assert_eq!(fenced["device"], "via-host", "{fenced}");
+    assert_eq!(testbed::fence::fenced(h.dir()), ["n0"]);
+    let forwarded = ok(
+        h.wait_event(1, "guest_fence_forwarded", Duration::from_secs(2), |e| {
+            e["peer"] == "n0" && e["down"].is_array()
+        }),
+    );
+    assert_eq!(forwarded["down"], serde_json::json!(["n0"]), "{forwarded}");
+    // Before host n0 was fenced, the guest's fence was refused (retried).
+    let host_fenced = h
+        .events(1)
+        .iter()
+        .chain(h.events(2).iter())
+        .filter(|e| e["kind"] == "takeover_allowed" && e["peer"] == "n0")
+        .filter_map(|e| e["ts_ms"].as_u64())
+        .min();
+    assert!(
+        host_fenced.is_some() && fenced["ts_ms"].as_u64() >= host_fenced,
+        "the guest was declared off before its host was fenced"
+    );
+    eprintln!(
+        "host n0 and its guest killed to the guest confirmed off: {} ms",
+        took.as_millis()
+    );
+}
