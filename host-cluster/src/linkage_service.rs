@@ -512,6 +512,7 @@ impl HostLinkage {
             managed,
             ready,
             next_id: AtomicU64::new(0),
+            unconfirmed: Mutex::default(),
         });
         serving.push(tokio::spawn(tell_uplinks(
             server.clone(),
@@ -682,9 +683,18 @@ struct MaintenanceCtx {
     managed: HashSet<String>,
     ready: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
     next_id: AtomicU64,
+    /// Domains whose guest was asked to hand over and did not confirm:
+    /// the last step leaves them running.
+    unconfirmed: Mutex<HashSet<String>>,
 }
 
 impl MaintenanceCtx {
+    fn unconfirmed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn domain_of(&self, guest: &GuestId) -> Option<&conf::LinkedGuest> {
         self.guests
             .iter()
@@ -706,6 +716,7 @@ impl MaintenanceCtx {
     }
 
     async fn hand_over(&self, progress: Progress, deadline: Instant) -> Result<(), String> {
+        self.unconfirmed().clear();
         let mut waits = tokio::task::JoinSet::new();
         for s in self.server.sessions() {
             let Some(g) = self.domain_of(&s.guest) else {
@@ -731,19 +742,21 @@ impl MaintenanceCtx {
             let who = format!("guest {} (domain {})", s.guest.name, g.domain);
             if !sent {
                 progress.step(format!("{who}: could not be asked (its session is gone)"));
+                self.unconfirmed().insert(g.domain.clone());
                 continue;
             }
+            let domain = g.domain.clone();
             progress.step(format!("{who}: asked to hand its groups over"));
             let asked = Instant::now();
             waits.spawn(async move {
                 let ok = tokio::time::timeout_at(deadline.into(), rx)
                     .await
                     .is_ok_and(|r| r.is_ok());
-                (who, ok, asked.elapsed())
+                (who, domain, ok, asked.elapsed())
             });
         }
         let mut missing = Vec::new();
-        while let Some(Ok((who, ok, took))) = waits.join_next().await {
+        while let Some(Ok((who, domain, ok, took))) = waits.join_next().await {
             if ok {
                 progress.step(format!(
                     "{who}: handed its groups over in {} ms",
@@ -751,8 +764,9 @@ impl MaintenanceCtx {
                 ));
             } else {
                 progress.step(format!(
-                    "{who}: did not say it was ready before the deadline"
+                    "{who}: did not say it was ready before the deadline; its VM is left running"
                 ));
+                self.unconfirmed().insert(domain);
                 missing.push(who);
             }
         }
@@ -764,9 +778,17 @@ impl MaintenanceCtx {
     }
 
     async fn shut_down(&self, progress: Progress, deadline: Instant) -> Result<(), String> {
+        let unconfirmed = self.unconfirmed().clone();
         let mut left = Vec::new();
         for g in &self.guests {
             if self.managed.contains(&g.domain) || self.active(&g.domain).await != Some(true) {
+                continue;
+            }
+            if unconfirmed.contains(&g.domain) {
+                // Its applications may still run in it: the operator
+                // decides (the guest's own `clusterctl maintenance on`,
+                // or `virsh shutdown`).
+                left.push(g.domain.clone());
                 continue;
             }
             let started = Instant::now();
