@@ -838,3 +838,59 @@ impl MaintenanceCtx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(linkage: &str, a_listen: &str) -> conf::Config {
+        let text = format!(
+            r#"
+[cluster]
+name = "hosts"
+kind = "host"
+auth_key_file = "/dev/null"
+
+[heartbeat]
+interval = "200ms"
+timeout = "800ms"
+links = [{{ name = "lan" }}]
+
+[quorum]
+ping_targets = ["192.0.2.1"]
+
+[[nodes]]
+name = "a"
+links = {{ lan = ["192.0.2.11/24", "2001:db8::11/64"] }}
+{a_listen}
+
+[[nodes]]
+name = "b"
+links = {{ lan = ["192.0.2.12/24"] }}
+
+{linkage}
+"#
+        );
+        conf::load_str("test.toml", &text).unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    #[test]
+    fn another_host_is_reached_at_its_own_listen_or_its_link_address() {
+        let c = config(
+            "[linkage]\nlisten = [\"tcp:0.0.0.0:5410\"]\n",
+            "linkage_listen = [\"unix:/run/a.sock\", \"tcp:[::]:5411\"]",
+        );
+        // Its own TCP endpoint first, the unspecified address replaced by
+        // its first link address of that family.
+        assert_eq!(
+            endpoint_of(&c, "a").map(|e| e.to_string()).as_deref(),
+            Some("tcp:[2001:db8::11]:5411")
+        );
+        // The section's endpoint, on its IPv4 link address.
+        assert_eq!(
+            endpoint_of(&c, "b").map(|e| e.to_string()).as_deref(),
+            Some("tcp:192.0.2.12:5410")
+        );
+        assert_eq!(endpoint_of(&c, "c"), None);
+    }
+}
