@@ -125,6 +125,13 @@ pub struct HeartbeatSection {
     /// Must be greater than `interval`.
     #[serde(default = "defaults::hb_timeout")]
     pub timeout: Duration,
+    /// How long a daemon, after it starts, waits for a peer it has never
+    /// heard before it declares that peer lost (and fences it before its
+    /// groups are taken over): the nodes of a cluster seldom start in the
+    /// same second, and a node merely slow to start must not be fenced.
+    /// Heartbeat's `initdead`. At least `timeout`.
+    #[serde(default = "defaults::hb_initdead")]
+    pub initdead: Duration,
     /// UDP port heartbeats are sent to and received on.
     #[serde(default = "defaults::hb_port")]
     pub port: u16,
@@ -138,6 +145,7 @@ impl Default for HeartbeatSection {
         Self {
             interval: defaults::hb_interval(),
             timeout: defaults::hb_timeout(),
+            initdead: defaults::hb_initdead(),
             port: defaults::hb_port(),
             links: defaults::hb_links(),
         }
@@ -1112,6 +1120,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn hb_timeout() -> Duration {
         Duration::from_millis(800)
+    }
+    pub(crate) fn hb_initdead() -> Duration {
+        Duration::from_secs(30)
     }
     pub(crate) fn hb_port() -> u16 {
         5405

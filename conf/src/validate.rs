@@ -143,6 +143,13 @@ fn heartbeat(c: &Config, p: &mut Problems) {
             ),
         );
     }
+    if hb.initdead < hb.timeout {
+        push(
+            p,
+            "heartbeat.initdead",
+            format!("must be at least heartbeat.timeout ({})", hb.timeout),
+        );
+    }
     if hb.links.is_empty() {
         push(
             p,

@@ -337,3 +337,52 @@ fn a_lost_node_with_neither_fence_nor_lease_blocks_takeover() {
         Some("blocked")
     );
 }
+
+#[test]
+fn a_node_slow_to_start_is_waited_for_not_fenced() {
+    // n2 cannot be heard for its first 3 s (nftables, in place before any
+    // daemon starts): longer than the heartbeat timeout (500 ms), shorter
+    // than initdead (30 s by default). The others wait for it: no fence,
+    // and `late`, which prefers n2, is held rather than started on n0.
+    let spec = Spec {
+        extra: format!(
+            "{}[[groups]]\nname = \"late\"\nnodes = [\"n2\", \"n0\"]\n",
+            testbed::fence::config(3)
+        ),
+        ..Spec::default()
+    };
+    let c = ok(Cluster::start_with_net(&spec, |dir, net| {
+        testbed::fence::install(dir);
+        net.partition(&[0, 1], &[2])
+    }));
+    testbed::fence::arm(&c);
+    std::thread::sleep(Duration::from_secs(3));
+    for k in [0, 1] {
+        let events = kinds(&c, k);
+        assert!(
+            !events
+                .iter()
+                .any(|e| e == "peer_lost" || e.starts_with("fence")),
+            "n{k} gave n2 up: {events:?}"
+        );
+    }
+    let late = |k: usize| {
+        c.status(k)
+            .ok()
+            .and_then(|s| s.groups.into_iter().find(|g| g.name == "late"))
+    };
+    assert!(
+        late(0).is_some_and(|g| g.owner.is_none()),
+        "late started without n2: {:?}",
+        late(0)
+    );
+
+    // n2 can be heard: it joins, and `late` runs there.
+    ok(c.net.heal());
+    ok(testbed::wait_until(
+        "late running on n2",
+        Duration::from_secs(10),
+        || late(0).is_some_and(|g| g.owner.as_deref() == Some("n2")),
+    ));
+    assert!(testbed::fence::fenced(c.dir()).is_empty());
+}

@@ -52,6 +52,8 @@ pub struct Plan {
     pub interval: Duration,
     /// Silence after which a link or peer is down.
     pub timeout: Duration,
+    /// How long a peer never heard is waited for after the start.
+    pub initdead: Duration,
 }
 
 impl Plan {
@@ -83,6 +85,11 @@ impl Plan {
             links,
             interval: config.heartbeat.interval.get(),
             timeout: config.heartbeat.timeout.get(),
+            initdead: config
+                .heartbeat
+                .initdead
+                .get()
+                .max(config.heartbeat.timeout.get()),
         })
     }
 }
@@ -222,6 +229,7 @@ pub fn start(
         plan.names.len(),
         plan.links.len(),
         plan.timeout,
+        plan.initdead,
         now,
     );
     let (snap_tx, snapshot) = watch::channel(self::snapshot(&plan, &initial, now));
@@ -607,6 +615,7 @@ mod tests {
             }],
             interval: 20 * MS,
             timeout: 200 * MS,
+            initdead: 200 * MS,
         };
         let key = ClusterKey::new("t", b"0123456789abcdef");
         let rt = tokio::runtime::Builder::new_current_thread()

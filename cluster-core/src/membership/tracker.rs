@@ -25,7 +25,7 @@ use super::wire::{DecodeError, Header, Heartbeat, View};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Liveness {
-    /// Not heard yet, and the start-up grace (`timeout`) is not over.
+    /// Not heard yet, and the start-up wait (`initdead`) is not over.
     Unknown,
     /// Heard on at least one link within `timeout`.
     Alive,
@@ -147,6 +147,7 @@ pub struct Peer {
 pub struct Tracker {
     me: usize,
     timeout: Duration,
+    initdead: Duration,
     started: Instant,
     peers: Vec<Peer>,
     /// Dropped datagrams that named no valid peer.
@@ -157,7 +158,16 @@ pub struct Tracker {
 
 impl Tracker {
     /// Membership of node `me` among `nodes` nodes with `links` links.
-    pub fn new(me: usize, nodes: usize, links: usize, timeout: Duration, now: Instant) -> Self {
+    /// A peer never heard is lost once `initdead` (at least `timeout`)
+    /// has passed since `now`.
+    pub fn new(
+        me: usize,
+        nodes: usize,
+        links: usize,
+        timeout: Duration,
+        initdead: Duration,
+        now: Instant,
+    ) -> Self {
         let peer = Peer {
             liveness: Liveness::Unknown,
             incarnation: None,
@@ -179,6 +189,7 @@ impl Tracker {
         Self {
             me,
             timeout,
+            initdead: initdead.max(timeout),
             started: now,
             peers: vec![peer; nodes],
             anonymous_drops: DropCounts::default(),
@@ -349,7 +360,7 @@ impl Tracker {
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
         let timeout = self.timeout;
-        let grace_over = now.duration_since(self.started) >= timeout;
+        let grace_over = now.duration_since(self.started) >= self.initdead;
         for (p, peer) in self.peers.iter_mut().enumerate() {
             if p == self.me {
                 continue;
@@ -425,7 +436,7 @@ mod tests {
     #[test]
     fn a_peer_is_lost_only_when_every_link_is_silent() {
         let t0 = Instant::now();
-        let mut m = Tracker::new(0, 2, 2, T, t0);
+        let mut m = Tracker::new(0, 2, 2, T, T, t0);
         assert_eq!(
             m.on_heartbeat(t0, on(0), hb(1, 0, 1, 1)),
             Ok(vec![Change::PeerAlive { peer: 1 }])
@@ -454,7 +465,7 @@ mod tests {
     #[test]
     fn replays_and_stale_incarnations_are_dropped_and_counted() {
         let t0 = Instant::now();
-        let mut m = Tracker::new(0, 2, 1, T, t0);
+        let mut m = Tracker::new(0, 2, 1, T, T, t0);
         assert!(m.on_heartbeat(t0, on(0), hb(1, 0, 5, 10)).is_ok());
         assert_eq!(
             m.on_heartbeat(t0, on(0), hb(1, 0, 5, 10)),
@@ -480,7 +491,7 @@ mod tests {
     #[test]
     fn a_beat_sent_to_each_address_of_a_link_is_taken_once_per_address() {
         let t0 = Instant::now();
-        let mut m = Tracker::new(0, 2, 1, T, t0);
+        let mut m = Tracker::new(0, 2, 1, T, T, t0);
         let v4 = Arrival { link: 0, path: 0 };
         let v6 = Arrival { link: 0, path: 1 };
         for seq in 1..=5 {
@@ -507,7 +518,7 @@ mod tests {
     #[test]
     fn datagrams_on_the_wrong_link_or_from_no_peer_are_dropped() {
         let t0 = Instant::now();
-        let mut m = Tracker::new(0, 2, 2, T, t0);
+        let mut m = Tracker::new(0, 2, 2, T, T, t0);
         assert_eq!(
             m.on_heartbeat(t0, on(1), hb(1, 0, 1, 1)),
             Err(Drop::WrongLink)
@@ -526,9 +537,34 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_slow_to_start_is_waited_for_until_initdead() {
+        let t0 = Instant::now();
+        let mut m = Tracker::new(0, 2, 1, T, Duration::from_secs(30), t0);
+        assert_eq!(m.tick(ms(t0, 29_999)), vec![]);
+        assert_eq!(m.peers()[1].liveness, Liveness::Unknown);
+        // Heard at last: alive, and from then on the usual timeout.
+        assert_eq!(
+            m.on_heartbeat(ms(t0, 20_000), on(0), hb(1, 0, 1, 1)),
+            Ok(vec![Change::PeerAlive { peer: 1 }])
+        );
+        assert!(matches!(
+            m.tick(ms(t0, 20_800))[..],
+            [Change::PeerLost { peer: 1, .. }]
+        ));
+        let mut never = Tracker::new(0, 2, 1, T, Duration::from_secs(30), t0);
+        assert!(matches!(
+            never.tick(ms(t0, 30_000))[..],
+            [Change::PeerLost {
+                peer: 1,
+                last_heard: None
+            }]
+        ));
+    }
+
+    #[test]
     fn peers_never_heard_are_lost_after_the_start_up_grace() {
         let t0 = Instant::now();
-        let mut m = Tracker::new(1, 3, 1, T, t0);
+        let mut m = Tracker::new(1, 3, 1, T, T, t0);
         assert_eq!(m.tick(ms(t0, 799)), vec![]);
         let lost = m.tick(ms(t0, 800));
         assert_eq!(
