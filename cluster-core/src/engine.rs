@@ -243,6 +243,19 @@ impl Engine {
         })
     }
 
+    /// Lost peers this node (as the coordinator) knows powered off by a
+    /// fence device: not those whose lease expired (a lease says nothing
+    /// of what its node runs that the cluster does not manage).
+    pub fn fenced_peers(&self) -> Vec<String> {
+        self.guard
+            .borrow()
+            .takeovers
+            .iter()
+            .filter(|(_, t)| matches!(t, Takeover::Allowed { by: "fence" }))
+            .map(|(peer, _)| peer.clone())
+            .collect()
+    }
+
     /// Lost peers and whether their groups may move.
     pub fn takeovers(&self) -> Vec<TakeoverStatus> {
         self.guard

@@ -73,6 +73,22 @@ impl GuestLinkage {
         let (link, mut pushed) = HostLink::spawn(connect.clone(), me, key, incarnation);
         let (notices_tx, notices) = watch::channel(BTreeMap::new());
         let (prepare_tx, prepare) = mpsc::channel(4);
+        // What the host said holds for its session only: when the session
+        // ends, it is forgotten (the host says it again on the next one).
+        let mut changes = link.state_changes();
+        let forget = notices_tx.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let connected = changes.borrow_and_update().connected;
+                if !connected {
+                    forget.send_if_modified(|n| {
+                        let had = !n.is_empty();
+                        n.clear();
+                        had
+                    });
+                }
+            }
+        });
         let state = link.clone();
         tokio::spawn(async move {
             while let Some(m) = pushed.recv().await {

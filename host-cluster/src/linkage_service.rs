@@ -18,9 +18,10 @@
 //!
 //! When no host has the VM, it is off only if this host is quorate, this
 //! host and every live host it asked said the VM is not active there, and
-//! every other host of the cluster is down for certain (fenced, or its
-//! lease expired). Linked guests run on hosts of this host cluster: a
-//! guest whose host lost power is off once that host is fenced.
+//! every other host of the cluster is known powered off by a fence device
+//! (what the coordinator knows, in its answer; an expired lease is not
+//! enough). Linked guests run on hosts of this host cluster: a guest whose
+//! host lost power is off once that host is fenced.
 //!
 //! Another host is reached at its node's `linkage_listen` (or
 //! `linkage.listen`): a TCP endpoint on an unspecified address
@@ -92,9 +93,14 @@ struct Answers {
     /// A guest opened a session (it asks `WhereAmI` first): tell it the
     /// state of its uplinks.
     connected: mpsc::UnboundedSender<GuestId>,
-    /// `PrepareShutdown`s waiting for their `ShutdownReady`.
-    ready: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+    /// `PrepareShutdown`s waiting for their `ShutdownReady`, with the
+    /// guest each was sent to.
+    ready: Ready,
 }
+
+/// `PrepareShutdown`s waiting for their `ShutdownReady`: by request id,
+/// the guest asked and who waits.
+type Ready = Arc<Mutex<HashMap<u64, (GuestId, oneshot::Sender<()>)>>>;
 
 impl Answers {
     /// Whether `id` is another host of this host cluster.
@@ -111,44 +117,40 @@ impl Answers {
                 off: true,
                 error: None,
                 absent: false,
+                fenced_hosts: Vec::new(),
             },
             Err(e) => Message::FenceResult {
                 request_id,
                 off: false,
                 error: Some(e),
                 absent: false,
+                fenced_hosts: Vec::new(),
             },
         }
     }
 
-    /// Every other host of this cluster that is not alive is down for
-    /// certain (fenced, or its lease expired), and this host is quorate:
-    /// the hosts that are not down are the ones asked.
-    fn others_down(&self, asked: &[String]) -> Result<Vec<String>, String> {
+    /// Every other host of this cluster that was not asked is powered off
+    /// for certain, by a fence device (`fenced`: what this host and the
+    /// hosts asked know as coordinators), and this host is quorate. A
+    /// lease that expired is not enough: the watchdog of a daemon that
+    /// stopped cleanly is disarmed, and it never stopped VMs that are not
+    /// the cluster's.
+    fn others_down(&self, asked: &[String], fenced: &[String]) -> Result<Vec<String>, String> {
         if !self.engine.quorum().is_some_and(|q| q.quorate) {
             return Err("this host has no quorum".into());
         }
-        let takeovers = self.engine.takeovers();
         let mut down = Vec::new();
         for n in &self.config.nodes {
             if n.name == self.node || asked.contains(&n.name) {
                 continue;
             }
-            match takeovers.iter().find(|t| t.peer == n.name) {
-                Some(t) if t.state == "allowed" => down.push(n.name.clone()),
-                Some(t) => {
-                    return Err(format!(
-                        "host {} is lost and not fenced yet ({})",
-                        n.name, t.state
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "host {} was not asked and is not known down",
-                        n.name
-                    ));
-                }
+            if !fenced.contains(&n.name) {
+                return Err(format!(
+                    "host {} was not asked and is not known powered off by a fence device",
+                    n.name
+                ));
             }
+            down.push(n.name.clone());
         }
         Ok(down)
     }
@@ -218,6 +220,7 @@ impl Answers {
         }
         let mut failures = Vec::new();
         let mut absent = Vec::new();
+        let mut fenced = self.engine.fenced_peers();
         while let Some(joined) = asks.join_next().await {
             let Ok((host, answer)) = joined else {
                 continue;
@@ -231,7 +234,14 @@ impl Answers {
                     );
                     return Ok(format!("`{peer}` confirmed off by host `{host}`"));
                 }
-                Ok(Message::FenceResult { absent: true, .. }) => absent.push(host),
+                Ok(Message::FenceResult {
+                    absent: true,
+                    fenced_hosts,
+                    ..
+                }) => {
+                    absent.push(host);
+                    fenced.extend(fenced_hosts);
+                }
                 Ok(Message::FenceResult { error, .. }) => failures.push(format!(
                     "{host}: {}",
                     error.unwrap_or_else(|| "not off".into())
@@ -245,7 +255,7 @@ impl Answers {
         // certain: it runs nowhere (a linked guest runs on a host of this
         // cluster).
         if unknown_where && failures.is_empty() && absent.len() == targets.len() {
-            match self.others_down(&targets) {
+            match self.others_down(&targets, &fenced) {
                 Ok(down) => {
                     self.events.emit(
                         "guest_fence_forwarded",
@@ -366,6 +376,7 @@ impl GuestHandler for Answers {
                             off: false,
                             error: Some(e.to_string()),
                             absent: true,
+                            fenced_hosts: self.engine.fenced_peers(),
                         },
                         r => Self::result(
                             request_id,
@@ -374,13 +385,21 @@ impl GuestHandler for Answers {
                     })
                 }
                 Message::ShutdownReady { request_id } if !from_host => {
-                    let waiting = self
-                        .ready
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&request_id);
-                    if let Some(w) = waiting {
-                        let _ = w.send(());
+                    // Only the guest that was asked can answer.
+                    let waiting = {
+                        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+                        match ready.get(&request_id) {
+                            Some((asked, _)) if asked == guest => ready.remove(&request_id),
+                            _ => None,
+                        }
+                    };
+                    match waiting {
+                        Some((_, w)) => {
+                            let _ = w.send(());
+                        }
+                        None => {
+                            tracing::warn!(%guest, request_id, "linkage: a ShutdownReady for no request of this guest; ignored")
+                        }
                     }
                     None
                 }
@@ -465,7 +484,7 @@ impl HostLinkage {
         };
         let events = engine.events().clone();
         let (connected, new_sessions) = mpsc::unbounded_channel();
-        let ready: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
+        let ready: Ready = Arc::default();
         let server = LinkServer::new(
             Arc::new(key_of),
             Arc::new(Answers {
@@ -681,7 +700,7 @@ struct MaintenanceCtx {
     guests: Vec<conf::LinkedGuest>,
     /// Domains that are `vm` resources of this host cluster.
     managed: HashSet<String>,
-    ready: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+    ready: Ready,
     next_id: AtomicU64,
     /// Domains whose guest was asked to hand over and did not confirm:
     /// the last step leaves them running.
@@ -695,74 +714,109 @@ impl MaintenanceCtx {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn domain_of(&self, guest: &GuestId) -> Option<&conf::LinkedGuest> {
-        self.guests
-            .iter()
-            .find(|g| g.name == guest.name && g.cluster == guest.cluster)
-    }
-
-    /// Whether `domain` is active on this host (`None`: libvirt did not
-    /// answer).
-    async fn active(&self, domain: &str) -> Option<bool> {
+    /// Whether `domain` is active on this host: `Err` when libvirt did not
+    /// answer by `deadline` (never read as "not active").
+    async fn active(&self, domain: &str, deadline: Instant) -> Result<bool, String> {
         let d = domain.to_owned();
-        self.hypervisor
+        let call = self
+            .hypervisor
             .call(move |c| match c.lookup_domain_by_name(&d) {
-                Ok(dom) => dom.is_active().ok(),
-                Err(_) => Some(false),
-            })
-            .await
-            .ok()
-            .flatten()
+                Ok(dom) => dom.is_active().map_err(|e| e.to_string()),
+                Err(e) if e.code().is(virt::error::ErrorNumber::NoDomain) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            });
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("libvirt did not answer before the deadline".into()),
+        }
     }
 
+    /// Ask every linked guest whose VM runs here (or may: libvirt did not
+    /// say) to hand its groups over, and wait for each one's
+    /// `ShutdownReady`. Every guest not asked or not confirmed is
+    /// remembered: the last step leaves its VM running.
     async fn hand_over(&self, progress: Progress, deadline: Instant) -> Result<(), String> {
         self.unconfirmed().clear();
+        let sessions: Vec<GuestId> = self
+            .server
+            .sessions()
+            .into_iter()
+            .map(|s| s.guest)
+            .collect();
         let mut waits = tokio::task::JoinSet::new();
-        for s in self.server.sessions() {
-            let Some(g) = self.domain_of(&s.guest) else {
-                continue;
+        let mut missing = Vec::new();
+        for g in &self.guests {
+            let who = format!("guest {} (domain {})", g.name, g.domain);
+            match self.active(&g.domain, deadline).await {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    progress.step(format!(
+                        "{who}: cannot tell whether its VM runs here ({e}); it is left as it is"
+                    ));
+                    self.unconfirmed().insert(g.domain.clone());
+                    missing.push(who);
+                    continue;
+                }
+            }
+            let id = GuestId {
+                name: g.name.clone(),
+                cluster: g.cluster.clone(),
             };
-            if self.active(&g.domain).await != Some(true) {
+            if !sessions.contains(&id) {
+                progress.step(format!("{who}: its VM runs here but its daemon has no session with this host; its VM is left running"));
+                self.unconfirmed().insert(g.domain.clone());
+                missing.push(who);
                 continue;
             }
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            let request_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
             let (tx, rx) = oneshot::channel();
             self.ready
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, tx);
+                .insert(request_id, (id.clone(), tx));
             let left = deadline.saturating_duration_since(Instant::now());
             let sent = self.server.push(
-                &s.guest,
+                &id,
                 Message::PrepareShutdown {
-                    request_id: id,
+                    request_id,
                     deadline_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
                 },
             );
-            let who = format!("guest {} (domain {})", s.guest.name, g.domain);
             if !sent {
-                progress.step(format!("{who}: could not be asked (its session is gone)"));
+                self.ready
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&request_id);
+                progress.step(format!(
+                    "{who}: could not be asked (its session is gone); its VM is left running"
+                ));
                 self.unconfirmed().insert(g.domain.clone());
+                missing.push(who);
                 continue;
             }
-            let domain = g.domain.clone();
             progress.step(format!("{who}: asked to hand its groups over"));
             let asked = Instant::now();
+            let domain = g.domain.clone();
             waits.spawn(async move {
                 let ok = tokio::time::timeout_at(deadline.into(), rx)
                     .await
                     .is_ok_and(|r| r.is_ok());
-                (who, domain, ok, asked.elapsed())
+                (who, domain, request_id, ok, asked.elapsed())
             });
         }
-        let mut missing = Vec::new();
-        while let Some(Ok((who, domain, ok, took))) = waits.join_next().await {
+        while let Some(Ok((who, domain, request_id, ok, took))) = waits.join_next().await {
             if ok {
                 progress.step(format!(
                     "{who}: handed its groups over in {} ms",
                     took.as_millis()
                 ));
             } else {
+                self.ready
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&request_id);
                 progress.step(format!(
                     "{who}: did not say it was ready before the deadline; its VM is left running"
                 ));
@@ -773,16 +827,28 @@ impl MaintenanceCtx {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(format!("not ready: {}", missing.join(", ")))
+            Err(format!("not handed over: {}", missing.join(", ")))
         }
     }
 
+    /// Shut down (ACPI) the linked guests' VMs still running here that
+    /// are not `vm` resources and whose guests handed over, and see them
+    /// off by `deadline`.
     async fn shut_down(&self, progress: Progress, deadline: Instant) -> Result<(), String> {
         let unconfirmed = self.unconfirmed().clone();
         let mut left = Vec::new();
         for g in &self.guests {
-            if self.managed.contains(&g.domain) || self.active(&g.domain).await != Some(true) {
+            if self.managed.contains(&g.domain) {
                 continue;
+            }
+            match self.active(&g.domain, deadline).await {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    progress.step(format!("guest VM {}: {e}", g.domain));
+                    left.push(g.domain.clone());
+                    continue;
+                }
             }
             if unconfirmed.contains(&g.domain) {
                 // Its applications may still run in it: the operator
@@ -793,25 +859,27 @@ impl MaintenanceCtx {
             }
             let started = Instant::now();
             let d = g.domain.clone();
-            let asked = self
-                .hypervisor
-                .call(move |c| {
+            let asked = tokio::time::timeout_at(
+                deadline.into(),
+                self.hypervisor.call(move |c| {
                     c.lookup_domain_by_name(&d)
                         .and_then(|dom| dom.shutdown())
                         .map(drop)
                         .map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
+                }),
+            )
+            .await
+            .map_err(|_| "libvirt did not answer before the deadline".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .and_then(|r| r);
             if let Err(e) = asked {
                 progress.step(format!("guest VM {}: shutdown refused: {e}", g.domain));
                 left.push(g.domain.clone());
                 continue;
             }
             loop {
-                match self.active(&g.domain).await {
-                    Some(false) => {
+                match self.active(&g.domain, deadline).await {
+                    Ok(false) => {
                         progress.step(format!(
                             "guest VM {} shut down in {} ms",
                             g.domain,

@@ -21,6 +21,10 @@ pub const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// A frame the host does not take within this ends the session (a hung
+/// host daemon must not hold a request past its caller's timeout).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The session as the guest sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LinkState {
@@ -117,6 +121,11 @@ impl HostLink {
         self.state.borrow().clone()
     }
 
+    /// The session, to wait for its changes.
+    pub fn state_changes(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+
     /// Wait until a session is open, at most `within`; whether it is.
     pub async fn wait_connected(&self, within: Duration) -> bool {
         let mut state = self.state.clone();
@@ -133,15 +142,18 @@ impl HostLink {
                 why: state.error.unwrap_or_else(|| "not opened yet".into()),
             });
         }
+        let deadline = tokio::time::Instant::now() + timeout;
         let (answer, answered) = oneshot::channel();
-        self.requests
-            .send(Request {
-                build,
-                answer: Some(answer),
-            })
-            .await
-            .map_err(|_| LinkError::Broken)?;
-        match tokio::time::timeout(timeout, answered).await {
+        let queued = self.requests.send(Request {
+            build,
+            answer: Some(answer),
+        });
+        match tokio::time::timeout_at(deadline, queued).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(LinkError::Broken),
+            Err(_) => return Err(LinkError::Timeout(timeout)),
+        }
+        match tokio::time::timeout_at(deadline, answered).await {
             Ok(Ok(m)) => Ok(m),
             Ok(Err(_)) => Err(LinkError::Broken),
             Err(_) => Err(LinkError::Timeout(timeout)),
@@ -161,13 +173,15 @@ impl HostLink {
                 why: state.error.unwrap_or_else(|| "not opened yet".into()),
             });
         }
-        self.requests
-            .send(Request {
-                build: Box::new(move |_| message),
-                answer: None,
-            })
-            .await
-            .map_err(|_| LinkError::Broken)
+        let queued = self.requests.send(Request {
+            build: Box::new(move |_| message),
+            answer: None,
+        });
+        match tokio::time::timeout(WRITE_TIMEOUT, queued).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(LinkError::Broken),
+            Err(_) => Err(LinkError::Timeout(WRITE_TIMEOUT)),
+        }
     }
 
     /// Ask the host to power `peer` (a guest of this guest's cluster) off.
@@ -309,14 +323,23 @@ async fn serve(
     *next_id += 1;
     let where_id = *next_id;
     let mut beat = tokio::time::interval(LIVENESS_EVERY);
+    // Every write bounded: a host that stops reading ends the session.
+    macro_rules! write {
+        ($m:expr) => {
+            match tokio::time::timeout(WRITE_TIMEOUT, writer.send($m)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "the host daemon took no frame for {WRITE_TIMEOUT:?}"
+                )),
+            }
+        };
+    }
     let why = 'session: {
-        if let Err(e) = writer
-            .send(Message::WhereAmI {
-                request_id: where_id,
-            })
-            .await
-        {
-            break 'session e.to_string();
+        if let Some(e) = write!(Message::WhereAmI {
+            request_id: where_id,
+        }) {
+            break 'session e;
         }
         state.send_modify(|s| {
             s.connected = true;
@@ -325,19 +348,24 @@ async fn serve(
         loop {
             tokio::select! {
                 _ = beat.tick() => {
-                    if let Err(e) = writer.send(Message::Liveness { incarnation }).await {
-                        break 'session e.to_string();
+                    if let Some(e) = write!(Message::Liveness { incarnation }) {
+                        break 'session e;
                     }
                 }
                 r = inbox.recv() => {
                     let Some(r) = r else { break 'session String::new() };
+                    // Its caller gave up (timed out): a late request, a
+                    // fence above all, is not sent.
+                    if r.answer.as_ref().is_some_and(oneshot::Sender::is_closed) {
+                        continue;
+                    }
                     *next_id += 1;
                     let id = *next_id;
                     if let Some(answer) = r.answer {
                         pending.insert(id, answer);
                     }
-                    if let Err(e) = writer.send((r.build)(id)).await {
-                        break 'session e.to_string();
+                    if let Some(e) = write!((r.build)(id)) {
+                        break 'session e;
                     }
                 }
                 f = frames.recv() => {

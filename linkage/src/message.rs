@@ -74,6 +74,11 @@ pub enum Message {
         /// active on the answering host (its libvirt said so).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         absent: bool,
+        /// Answers to [`Message::ForwardFence`]: the lost hosts the
+        /// answering host knows powered off by a fence device (it
+        /// coordinates the host cluster).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fenced_hosts: Vec<String>,
     },
     /// guest -> host: which host am I on?
     WhereAmI {

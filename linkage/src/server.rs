@@ -163,9 +163,9 @@ impl LinkServer {
             let mut reg = self.lock();
             reg.next_id += 1;
             let id = reg.next_id;
-            // A new session of the same guest replaces the old one (its
-            // outbox closes, and its reader ends at its next frame or
-            // idle timeout).
+            // A new session of the same guest replaces the old one in the
+            // registry (pushes go to the new one); the old one's reader
+            // ends at its next frame or idle timeout.
             reg.sessions.insert(
                 guest.clone(),
                 Entry {

@@ -35,6 +35,7 @@ impl GuestHandler for Host {
                     off: peer == "g2",
                     error: (peer != "g2").then(|| format!("`{peer}` is not a peer")),
                     absent: false,
+                    fenced_hosts: Vec::new(),
                 }),
                 _ => None,
             }

@@ -494,18 +494,22 @@ fn a_host_in_maintenance_has_its_guests_hand_their_applications_over_then_shuts_
 
 #[test]
 fn a_guest_whose_host_was_lost_is_off_once_that_host_is_fenced() {
-    // Guest nK runs on host nK. Host n0 loses power: its daemon and guest
-    // n0 (its VM) die together. Guest n1 asks its host n1 to fence n0;
-    // vm-n0 is on no live host (n2 says it is not there), and host n0 is
-    // down for certain once the host cluster has fenced it: off.
+    // Guest n0 runs on host n0, guest n1 on host n2, guest n2 on host n1.
+    // Host n0 loses power: its daemon and guest n0 (its VM) die together.
+    // Guest n1 (the guests' coordinator) asks its host n2 to fence n0;
+    // vm-n0 is on no live host (n2 finds it absent, n1 says so too), and
+    // host n0 is powered off for certain once the host cluster fenced it
+    // with a device, which host n1, the hosts' coordinator, tells n2 in
+    // its answer: off.
+    const ON_HOST: [usize; 3] = [0, 2, 1];
     let mut h = ok(Cluster::start_with(
         &host_spec(&testbed::fence::config(3), ""),
         |dir| {
             testbed::fence::install(dir);
-            for k in 0..3 {
+            for (guest, host) in ON_HOST.iter().enumerate() {
                 let _ = std::fs::write(
-                    dir.join(format!("n{k}.xml")),
-                    test_host_xml(&[&format!("vm-n{k}")]),
+                    dir.join(format!("n{host}.xml")),
+                    test_host_xml(&[&format!("vm-n{guest}")]),
                 );
             }
             write_key(&dir.join("guests.key"));
@@ -513,8 +517,16 @@ fn a_guest_whose_host_was_lost_is_off_once_that_host_is_fenced() {
     ));
     testbed::fence::arm(&h);
     ok(h.wait_converged(Duration::from_secs(10)));
+    // Guest nK reaches its host through `guest-nK.sock`.
+    for (guest, host) in ON_HOST.iter().enumerate() {
+        ok(std::os::unix::fs::symlink(
+            h.dir().join(format!("linkage-n{host}.sock")),
+            h.dir().join(format!("guest-n{guest}.sock")),
+        )
+        .map_err(anyhow::Error::from));
+    }
     let mut g = guests(
-        &format!("{}/linkage-{{node}}.sock", h.dir().display()),
+        &format!("{}/guest-{{node}}.sock", h.dir().display()),
         &h.dir().join("guests.key"),
     );
     ok(g.wait_converged(Duration::from_secs(10)));
@@ -547,8 +559,9 @@ fn a_guest_whose_host_was_lost_is_off_once_that_host_is_fenced() {
     let took = t0.elapsed();
     assert_eq!(fenced["device"], "via-host", "{fenced}");
     assert_eq!(testbed::fence::fenced(h.dir()), ["n0"]);
+    // Decided by host n2, which does not coordinate the hosts.
     let forwarded = ok(
-        h.wait_event(1, "guest_fence_forwarded", Duration::from_secs(2), |e| {
+        h.wait_event(2, "guest_fence_forwarded", Duration::from_secs(2), |e| {
             e["peer"] == "n0" && e["down"].is_array()
         }),
     );

@@ -311,6 +311,19 @@ impl Tracker {
                     peer.drops.replayed += 1;
                     return Err(Drop::Replayed);
                 }
+                if hb.seq == state.last_seq {
+                    // The same beat by another address of the link: taken
+                    // (not a replay on this path), but it says nothing new
+                    // of the peer, so it keeps nobody alive (a copy
+                    // replayed to an address that missed it cannot
+                    // revive a lost peer).
+                    let state = &mut peer.links[link];
+                    if state.path_seq.len() <= arrived_on.path {
+                        state.path_seq.resize(arrived_on.path + 1, 0);
+                    }
+                    state.path_seq[arrived_on.path] = hb.seq;
+                    return Ok(Vec::new());
+                }
             }
             known => {
                 // First contact or a restart: sequence numbers begin anew.
@@ -513,6 +526,22 @@ mod tests {
         assert_eq!(m.on_heartbeat(t0, v6, hb(1, 0, 5, 6)), Err(Drop::Replayed));
         assert!(m.on_heartbeat(t0, v6, hb(1, 0, 5, 7)).is_ok());
         assert_eq!(m.peers()[1].drops.replayed, 2);
+    }
+
+    #[test]
+    fn a_second_copy_of_the_newest_beat_keeps_no_peer_alive() {
+        let t0 = Instant::now();
+        let mut m = Tracker::new(0, 2, 1, T, T, t0);
+        let v4 = Arrival { link: 0, path: 0 };
+        let v6 = Arrival { link: 0, path: 1 };
+        assert!(m.on_heartbeat(t0, v4, hb(1, 0, 5, 10)).is_ok());
+        // The peer dies; its last beat, captured, is replayed to the
+        // address that never got it, just before the timeout.
+        assert!(m.on_heartbeat(ms(t0, 790), v6, hb(1, 0, 5, 10)).is_ok());
+        assert!(matches!(
+            m.tick(ms(t0, 800))[..],
+            [Change::PeerLost { peer: 1, .. }]
+        ));
     }
 
     #[test]
