@@ -55,6 +55,9 @@ use crate::guest_fence::{GuestFenceError, GuestFencer};
 use crate::hypervisor::Hypervisor;
 use crate::uplinks::{self, Bridge};
 
+/// Longest a libvirt call of the uplink notices may take.
+const LIBVIRT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Longest a forwarded fence may take, all hosts at once.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -92,7 +95,7 @@ struct Answers {
     host_key: LinkKey,
     /// A guest opened a session (it asks `WhereAmI` first): tell it the
     /// state of its uplinks.
-    connected: mpsc::UnboundedSender<GuestId>,
+    connected: mpsc::Sender<GuestId>,
     /// `PrepareShutdown`s waiting for their `ShutdownReady`, with the
     /// guest each was sent to.
     ready: Ready,
@@ -344,7 +347,9 @@ impl GuestHandler for Answers {
             let from_host = self.is_host(guest);
             match message {
                 Message::WhereAmI { request_id } if !from_host => {
-                    let _ = self.connected.send(guest.clone());
+                    // Full: the notifier is behind; this guest is told at the
+                    // next change of its uplinks.
+                    let _ = self.connected.try_send(guest.clone());
                     Some(Message::YouAreOn {
                         request_id,
                         host: self.node.clone(),
@@ -483,7 +488,7 @@ impl HostLinkage {
             }
         };
         let events = engine.events().clone();
-        let (connected, new_sessions) = mpsc::unbounded_channel();
+        let (connected, new_sessions) = mpsc::channel(64);
         let ready: Ready = Arc::default();
         let server = LinkServer::new(
             Arc::new(key_of),
@@ -609,7 +614,7 @@ async fn tell_uplinks(
     hypervisor: Hypervisor,
     guests: Vec<conf::LinkedGuest>,
     mut uplinks: watch::Receiver<BTreeMap<String, Bridge>>,
-    mut new_sessions: mpsc::UnboundedReceiver<GuestId>,
+    mut new_sessions: mpsc::Receiver<GuestId>,
 ) {
     loop {
         let targets: Vec<GuestId> = tokio::select! {
@@ -650,15 +655,19 @@ async fn tell_guest(
         return;
     };
     let domain = g.domain.clone();
-    let xml = hypervisor
-        .call(move |c| {
+    // Bounded: a libvirt that hangs must not stop every later notice.
+    let xml = tokio::time::timeout(
+        LIBVIRT_TIMEOUT,
+        hypervisor.call(move |c| {
             c.lookup_domain_by_name(&domain)
                 .and_then(|d| d.xml_desc(0))
                 .ok()
-        })
-        .await
-        .ok()
-        .flatten();
+        }),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .flatten();
     let Some(xml) = xml else {
         tracing::debug!(%guest, domain = %g.domain, "linkage: the guest's domain is not on this host; no uplink notice");
         return;

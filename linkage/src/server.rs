@@ -21,6 +21,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// send [`Message::Liveness`] every [`crate::LIVENESS_EVERY`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most messages of one session handled at once.
+pub const MAX_IN_FLIGHT: usize = 16;
+
 /// The future of one answer.
 pub type Answer<'a> = Pin<Box<dyn Future<Output = Option<Message>> + Send + 'a>>;
 
@@ -189,6 +192,7 @@ impl LinkServer {
             }
         });
         let mut reader = s.reader;
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let why = loop {
             let m = match tokio::time::timeout(IDLE_TIMEOUT, reader.recv()).await {
                 Ok(Ok(m)) => m,
@@ -205,6 +209,11 @@ impl LinkServer {
             if matches!(m, Message::Liveness { .. }) {
                 continue;
             }
+            // At most MAX_IN_FLIGHT messages of a session handled at once:
+            // past that, its frames wait (a flood cannot grow tasks).
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break "the session's handlers are gone".into();
+            };
             let handler = self.handler.clone();
             let guest = guest.clone();
             let push = push.clone();
@@ -212,6 +221,7 @@ impl LinkServer {
                 if let Some(answer) = handler.handle(&guest, m).await {
                     let _ = push.send(answer).await;
                 }
+                drop(permit);
             });
         };
         {
