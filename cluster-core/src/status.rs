@@ -334,9 +334,6 @@ pub fn configured_groups(config: &conf::Config) -> Vec<GroupStatus> {
         .groups
         .iter()
         .map(|g| GroupStatus {
-            name: g.name.clone(),
-            nodes: g.nodes.clone(),
-            owner: None,
             resources: g
                 .resources
                 .iter()
@@ -346,6 +343,19 @@ pub fn configured_groups(config: &conf::Config) -> Vec<GroupStatus> {
                     state: ResourceState::Unknown,
                 })
                 .collect(),
+            ..GroupStatus::new(&g.name, g.nodes.clone())
+        })
+        .collect()
+}
+
+impl GroupStatus {
+    /// Group `name` preferring `nodes`, of which nothing is known yet.
+    pub fn new(name: &str, nodes: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            nodes,
+            owner: None,
+            resources: Vec::new(),
             target: None,
             reason: None,
             wanted: None,
@@ -354,6 +364,16 @@ pub fn configured_groups(config: &conf::Config) -> Vec<GroupStatus> {
             restarts: 0,
             failovers: 0,
             excluded: Vec::new(),
-        })
-        .collect()
+        }
+    }
+}
+
+impl From<(&str, &str)> for RunningOn {
+    /// `(node, state)`.
+    fn from((node, state): (&str, &str)) -> Self {
+        Self {
+            node: node.to_owned(),
+            state: state.to_owned(),
+        }
+    }
 }

@@ -93,14 +93,27 @@ fn spawn_daemon(
     config_path: &Path,
     node: &str,
 ) -> anyhow::Result<Child> {
+    daemon_command(Command::new(daemon), dir, config_path, node)?
+        .spawn()
+        .with_context(|| format!("cannot start {}", daemon.display()))
+}
+
+/// `cmd` (a daemon, or `ip netns exec NS DAEMON`) with the daemon's
+/// arguments for `node`: configuration, state directory and control
+/// socket under `dir`, its output appended to `dir/NODE.log`.
+fn daemon_command(
+    mut cmd: Command,
+    dir: &Path,
+    config_path: &Path,
+    node: &str,
+) -> anyhow::Result<Command> {
     let socket = dir.join(format!("{node}.sock"));
     let _ = fs::remove_file(&socket);
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("{node}.log")))?;
-    Command::new(daemon)
-        .arg("--config")
+    cmd.arg("--config")
         .arg(config_path)
         .args(["--node", node])
         .arg("--state-dir")
@@ -109,9 +122,8 @@ fn spawn_daemon(
         .arg(&socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("cannot start {}", daemon.display()))
+        .stderr(log);
+    Ok(cmd)
 }
 
 /// Wait (20 s at most) until the daemon of `name` has heard every peer.

@@ -881,24 +881,11 @@ mod tests {
 
     fn group(name: &str, target: Option<&str>, running_on: &[(&str, &str)]) -> GroupStatus {
         GroupStatus {
-            name: name.into(),
-            nodes: vec!["h0".into(), "h1".into()],
-            owner: None,
-            resources: Vec::new(),
             target: target.map(Into::into),
-            reason: None,
             wanted: Some(true),
             state_here: Some("stopped".into()),
-            running_on: running_on
-                .iter()
-                .map(|(n, s)| RunningOn {
-                    node: (*n).into(),
-                    state: (*s).into(),
-                })
-                .collect(),
-            restarts: 0,
-            failovers: 0,
-            excluded: Vec::new(),
+            running_on: running_on.iter().copied().map(RunningOn::from).collect(),
+            ..GroupStatus::new(name, vec!["h0".into(), "h1".into()])
         }
     }
 

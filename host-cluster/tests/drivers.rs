@@ -7,28 +7,11 @@ use std::time::Duration;
 use cluster_core::resource::{ActionContext, ActionOutcome, CheckOutcome, StartReason};
 use host_cluster::hypervisor::Hypervisor;
 
-const CONFIG: &str = r#"
-[cluster]
-name = "hosts"
-kind = "host"
-auth_key_file = "/nonexistent/key"
+mod common;
 
-[heartbeat]
-interval = "200ms"
-timeout = "800ms"
-links = [{ name = "lan" }]
-
-[quorum]
-ping_targets = ["192.0.2.1"]
-
-[[nodes]]
-name = "host-a"
-links = { lan = ["192.0.2.11/24"] }
-
-[[nodes]]
-name = "host-b"
-links = { lan = ["192.0.2.12/24"] }
-
+const CONFIG: &str = concat!(
+    two_hosts!(),
+    r#"
 [nodes.overrides.db]
 domain_xml = "{B}/db.xml"
 
@@ -74,7 +57,8 @@ kind = "vm"
 name = "uplink"
 kind = "nic"
 interface = "eth0"
-"#;
+"#
+);
 
 fn ctx(resource: &str) -> ActionContext {
     ActionContext {

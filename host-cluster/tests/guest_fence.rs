@@ -19,34 +19,15 @@ use host_cluster::hypervisor::Hypervisor;
 use host_cluster::vm::{VmState, VmStatus, vm_status};
 use serde_json::Value;
 
-const TEST_NS: &str = "http://libvirt.org/schemas/domain/test/1.0";
+mod common;
 
 /// The host cluster: `vm-g3` (linked guest `g3`) is a `vm` resource of
 /// group `g3-vm`, watched by a `vm` monitor; the other linked guests'
 /// VMs are not the cluster's. `g1`, `g2`, `g3`, `g4` form guest cluster
 /// `web`, `d1` is in `db`.
-const CONFIG: &str = r#"
-[cluster]
-name = "hosts"
-kind = "host"
-auth_key_file = "/nonexistent/key"
-
-[heartbeat]
-interval = "200ms"
-timeout = "800ms"
-links = [{ name = "lan" }]
-
-[quorum]
-ping_targets = ["192.0.2.1"]
-
-[[nodes]]
-name = "host-a"
-links = { lan = ["192.0.2.11/24"] }
-
-[[nodes]]
-name = "host-b"
-links = { lan = ["192.0.2.12/24"] }
-
+const CONFIG: &str = concat!(
+    two_hosts!(),
+    r#"
 [[groups]]
 name = "g3-vm"
 nodes = ["host-a", "host-b"]
@@ -94,7 +75,8 @@ name = "d1"
 domain = "vm-d1"
 cluster = "db"
 key_file = "/nonexistent/d1.key"
-"#;
+"#
+);
 
 fn config(text: &str) -> conf::Config {
     conf::load_str("hosts.toml", text).unwrap_or_else(|e| panic!("{e}"))
@@ -124,24 +106,11 @@ fn g3_group(target: Option<&str>, running_on: &[(&str, &str)]) -> PlacementView 
     PlacementView {
         quorate: true,
         groups: vec![GroupStatus {
-            name: "g3-vm".into(),
-            nodes: vec!["host-a".into(), "host-b".into()],
-            owner: None,
-            resources: Vec::new(),
             target: target.map(Into::into),
-            reason: None,
             wanted: Some(true),
             state_here: Some("stopped".into()),
-            running_on: running_on
-                .iter()
-                .map(|(n, s)| RunningOn {
-                    node: (*n).into(),
-                    state: (*s).into(),
-                })
-                .collect(),
-            restarts: 0,
-            failovers: 0,
-            excluded: Vec::new(),
+            running_on: running_on.iter().copied().map(RunningOn::from).collect(),
+            ..GroupStatus::new("g3-vm", vec!["host-a".into(), "host-b".into()])
         }],
     }
 }
@@ -163,19 +132,9 @@ impl Host {
 
     fn with(domains: &[&str], config_text: &str, uri: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let node = dir.path().join("host-a.xml");
         let domains: String = domains.iter().map(|d| domain_xml(d)).collect();
-        std::fs::write(
-            &node,
-            format!(
-                "<node xmlns:test='{TEST_NS}'>\n\
-                 <cpu><mhz>2000</mhz><model>x86_64</model><active>16</active><nodes>1</nodes>\
-                 <sockets>1</sockets><cores>16</cores><threads>1</threads></cpu>\n\
-                 <memory>67108864</memory>\n{domains}</node>\n"
-            ),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let uri = uri.map_or_else(|| format!("test://{}", node.display()), str::to_owned);
+        let node = common::test_node(&dir.path().join("host-a.xml"), &domains);
+        let uri = uri.map_or(node, str::to_owned);
         let hv = Hypervisor::spawn(&uri).unwrap_or_else(|e| panic!("{e}"));
         let view = Arc::new(View::default());
         let events =

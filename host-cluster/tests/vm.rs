@@ -17,7 +17,9 @@ use host_cluster::libvirt_events::{DomainEvent, EventKind};
 use host_cluster::vm::{VmDriver, VmMonitor, VmState, vm_status};
 use tokio::sync::broadcast;
 
-const TEST_NS: &str = "http://libvirt.org/schemas/domain/test/1.0";
+mod common;
+
+use common::TEST_NS;
 
 /// One simulated host: a libvirt test-driver node file of its own.
 struct Host {
@@ -34,19 +36,8 @@ impl Host {
     /// as the test driver loads them).
     fn with_domains(domains: &str) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let node = dir.path().join("host.xml");
-        std::fs::write(
-            &node,
-            format!(
-                "<node xmlns:test='{TEST_NS}'>\n\
-                 <cpu><mhz>2000</mhz><model>x86_64</model><active>16</active><nodes>1</nodes>\
-                 <sockets>1</sockets><cores>16</cores><threads>1</threads></cpu>\n\
-                 <memory>67108864</memory>\n{domains}</node>\n"
-            ),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let hv = Hypervisor::spawn(&format!("test://{}", node.display()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let uri = common::test_node(&dir.path().join("host.xml"), domains);
+        let hv = Hypervisor::spawn(&uri).unwrap_or_else(|e| panic!("{e}"));
         Self { dir, hv }
     }
 

@@ -295,6 +295,21 @@ async fn open(
     }
 }
 
+/// Send `message`, bounded by [`WRITE_TIMEOUT`]: a host that stops
+/// reading ends the session. Why it failed, if it did.
+async fn send_bounded<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut session::SessionWriter<W>,
+    message: Message,
+) -> Option<String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.send(message)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "the host daemon took no frame for {WRITE_TIMEOUT:?}"
+        )),
+    }
+}
+
 /// Run one session until it breaks (why, in words) or the [`HostLink`]
 /// is dropped (an empty string).
 async fn serve(
@@ -323,22 +338,15 @@ async fn serve(
     *next_id += 1;
     let where_id = *next_id;
     let mut beat = tokio::time::interval(LIVENESS_EVERY);
-    // Every write bounded: a host that stops reading ends the session.
-    macro_rules! write {
-        ($m:expr) => {
-            match tokio::time::timeout(WRITE_TIMEOUT, writer.send($m)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!(
-                    "the host daemon took no frame for {WRITE_TIMEOUT:?}"
-                )),
-            }
-        };
-    }
     let why = 'session: {
-        if let Some(e) = write!(Message::WhereAmI {
-            request_id: where_id,
-        }) {
+        let asked = send_bounded(
+            &mut writer,
+            Message::WhereAmI {
+                request_id: where_id,
+            },
+        )
+        .await;
+        if let Some(e) = asked {
             break 'session e;
         }
         state.send_modify(|s| {
@@ -348,7 +356,7 @@ async fn serve(
         loop {
             tokio::select! {
                 _ = beat.tick() => {
-                    if let Some(e) = write!(Message::Liveness { incarnation }) {
+                    if let Some(e) = send_bounded(&mut writer, Message::Liveness { incarnation }).await {
                         break 'session e;
                     }
                 }
@@ -364,7 +372,7 @@ async fn serve(
                     if let Some(answer) = r.answer {
                         pending.insert(id, answer);
                     }
-                    if let Some(e) = write!((r.build)(id)) {
+                    if let Some(e) = send_bounded(&mut writer, (r.build)(id)).await {
                         break 'session e;
                     }
                 }

@@ -2,13 +2,14 @@
 //! starts one `guest-clusterd` per node namespace, and reads back status
 //! and events.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cluster_core::api::{Request, Response};
-use cluster_core::status::NodeStatus;
+use cluster_core::status::{DomainStatus, NodeStatus};
 use serde_json::Value;
 
 use crate::netns::Net;
@@ -100,6 +101,35 @@ pub fn test_host_xml(domains: &[&str]) -> String {
     }
     x.push_str("</node>\n");
     x
+}
+
+/// Which hosts run each VM, by the hypervisors of the host daemons at
+/// `sockets` that answer (a dead host's test-driver VMs died with it):
+/// VM name -> indexes of the hosts, counting the domains `counts` takes.
+pub fn vms_by_host(
+    sockets: &[PathBuf],
+    counts: impl Fn(&DomainStatus) -> bool,
+) -> BTreeMap<String, BTreeSet<usize>> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return BTreeMap::new();
+    };
+    let mut out: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    for (k, socket) in sockets.iter().enumerate() {
+        let Ok(Response::Status(s)) =
+            rt.block_on(cluster_core::api::call(socket, &Request::Status))
+        else {
+            continue;
+        };
+        for d in s.hypervisor.map(|h| h.domains).unwrap_or_default() {
+            if counts(&d) {
+                out.entry(d.name).or_default().insert(k);
+            }
+        }
+    }
+    out
 }
 
 /// A running test cluster. Daemons are killed, then namespaces deleted,
@@ -226,6 +256,19 @@ impl Cluster {
         if let Some(p) = self.daemons.get_mut(k).and_then(Option::take) {
             drop(p);
         }
+    }
+
+    /// The state of VM `vm` as host `k`'s daemon reports its hypervisor
+    /// (`running`, `shutoff`...); `None` if it does not answer or has no
+    /// such domain.
+    pub fn vm_state(&self, k: usize, vm: &str) -> Option<String> {
+        self.status(k)
+            .ok()?
+            .hypervisor?
+            .domains
+            .into_iter()
+            .find(|d| d.name == vm)
+            .map(|d| d.state)
     }
 
     /// Node `k`'s status, from its control socket.

@@ -12,15 +12,6 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn vm_state(c: &Cluster, k: usize, vm: &str) -> Option<String> {
-    let s = c.status(k).ok()?;
-    s.hypervisor?
-        .domains
-        .into_iter()
-        .find(|d| d.name == vm)
-        .map(|d| d.state)
-}
-
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -86,7 +77,7 @@ fn clusterctl_fences_a_linked_guest_through_the_host_daemon() {
     ok(testbed::wait_until(
         "vm-g3 running on n1",
         Duration::from_secs(10),
-        || vm_state(&c, 1, "vm-g3").as_deref() == Some("running"),
+        || c.vm_state(1, "vm-g3").as_deref() == Some("running"),
     ));
 
     // Authorised: g1 fences its peer g2 on n0.
@@ -101,8 +92,8 @@ fn clusterctl_fences_a_linked_guest_through_the_host_daemon() {
         "{}",
         text(&out)
     );
-    assert_eq!(vm_state(&c, 0, "vm-g2").as_deref(), Some("shutoff"));
-    assert_eq!(vm_state(&c, 0, "vm-g1").as_deref(), Some("running"));
+    assert_eq!(c.vm_state(0, "vm-g2").as_deref(), Some("shutoff"));
+    assert_eq!(c.vm_state(0, "vm-g1").as_deref(), Some("running"));
     let done = ok(
         c.wait_event(0, "guest_fence_succeeded", Duration::from_secs(2), |e| {
             e["peer"] == "g2"
@@ -119,7 +110,7 @@ fn clusterctl_fences_a_linked_guest_through_the_host_daemon() {
         "{}",
         text(&out)
     );
-    assert_eq!(vm_state(&c, 0, "vm-d1").as_deref(), Some("running"));
+    assert_eq!(c.vm_state(0, "vm-d1").as_deref(), Some("running"));
     ok(
         c.wait_event(0, "guest_fence_refused", Duration::from_secs(2), |e| {
             e["peer"] == "d1"
@@ -134,7 +125,7 @@ fn clusterctl_fences_a_linked_guest_through_the_host_daemon() {
         "{}",
         text(&out)
     );
-    assert_eq!(vm_state(&c, 1, "vm-g3").as_deref(), Some("running"));
+    assert_eq!(c.vm_state(1, "vm-g3").as_deref(), Some("running"));
     let failed = ok(
         c.wait_event(0, "guest_fence_failed", Duration::from_secs(2), |e| {
             e["peer"] == "g3"
@@ -167,6 +158,6 @@ fn clusterctl_fences_a_linked_guest_through_the_host_daemon() {
     ok(testbed::wait_until(
         "vm-g3 running again on n1",
         Duration::from_secs(10),
-        || vm_state(&c, 1, "vm-g3").as_deref() == Some("running"),
+        || c.vm_state(1, "vm-g3").as_deref() == Some("running"),
     ));
 }

@@ -24,9 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cluster_core::api::{Request, Response};
 use serde_json::Value;
-use testbed::cluster::{Cluster, Spec, test_domain_xml, test_host_xml};
+use testbed::cluster::{Cluster, Spec, test_domain_xml, test_host_xml, vms_by_host};
 use testbed::watch::Watcher;
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
@@ -102,29 +101,14 @@ fn groups_toml(vms: &[Vm]) -> String {
     t
 }
 
-/// Where each VM runs, by host, from the hypervisors of the hosts whose
-/// daemon answers (a dead host's test-driver VMs died with it).
+/// Where each VM runs (running, blocked or paused), by host name.
 fn running(sockets: &[PathBuf]) -> BTreeMap<String, BTreeSet<String>> {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return BTreeMap::new();
-    };
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (k, socket) in sockets.iter().enumerate() {
-        let Ok(Response::Status(s)) =
-            rt.block_on(cluster_core::api::call(socket, &Request::Status))
-        else {
-            continue;
-        };
-        for d in s.hypervisor.map(|h| h.domains).unwrap_or_default() {
-            if matches!(d.state.as_str(), "running" | "blocked" | "paused") {
-                out.entry(d.name).or_default().insert(format!("n{k}"));
-            }
-        }
-    }
-    out
+    vms_by_host(sockets, |d| {
+        matches!(d.state.as_str(), "running" | "blocked" | "paused")
+    })
+    .into_iter()
+    .map(|(vm, hosts)| (vm, hosts.into_iter().map(|k| format!("n{k}")).collect()))
+    .collect()
 }
 
 fn host_of(map: &BTreeMap<String, BTreeSet<String>>, vm: &str) -> Option<String> {

@@ -205,6 +205,30 @@ recovery = {recovery}
             .unwrap_or_else(|e| panic!("{e:#}\n{}", self.diagnostics()))
     }
 
+    /// `web` left n0 without a fence: its QEMU runs on n1 only, n0's
+    /// libvirt no longer knows it, and n1 started it only after n0 had
+    /// stopped the group. When n0 stopped it and n1 started it, after
+    /// `since`.
+    fn assert_moved_to_n1_after_n0_stopped(&self, since: u64) -> (Option<u64>, Option<u64>) {
+        assert_eq!(self.qemu_hosts(), BTreeSet::from(["n1".to_owned()]));
+        assert_eq!(
+            self.hosts[0].state("web"),
+            None,
+            "web is still known to n0's libvirt"
+        );
+        assert!(
+            testbed::fence::fenced(self.c.dir()).is_empty(),
+            "a host was fenced"
+        );
+        let stopped = event_ts(&self.c.events(0), "group_stopped", "web", since);
+        let starting = event_ts(&self.c.events(1), "group_starting", "web", since);
+        assert!(
+            stopped.is_some() && starting >= stopped,
+            "n1 started web at {starting:?}, before n0 had stopped it at {stopped:?}"
+        );
+        (stopped, starting)
+    }
+
     /// `web` was recovered on n0: its QEMU runs there only, no host was
     /// fenced, n1 never started it.
     fn assert_still_on_n0_alone(&self) {
@@ -356,34 +380,9 @@ fn a_paused_vm_is_destroyed_before_it_starts_on_the_other_host() {
     let second = bed.next_boot(&first, BOOT);
     let took = t0.elapsed();
 
-    assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n1".to_owned()]));
-    assert_eq!(
-        bed.hosts[0].state("web"),
-        None,
-        "web is still known to n0's libvirt"
-    );
-    assert!(
-        testbed::fence::fenced(bed.c.dir()).is_empty(),
-        "a host was fenced"
-    );
-    let ev0 = bed.c.events(0);
-    let ev1 = bed.c.events(1);
-    let failed = ev0
-        .iter()
-        .find(|e| {
-            e["kind"] == "monitor_failed"
-                && e["group"] == "web"
-                && e["ts_ms"].as_u64() >= Some(paused)
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("no monitor failure on n0: {ev0:?}"));
+    let (stopped, starting) = bed.assert_moved_to_n1_after_n0_stopped(paused);
+    let failed = bed.failure_after(paused, Duration::from_secs(1));
     assert_eq!(failed["action"], "failover", "{failed}");
-    let stopped = event_ts(&ev0, "group_stopped", "web", paused);
-    let starting = event_ts(&ev1, "group_starting", "web", paused);
-    assert!(
-        stopped.is_some() && starting >= stopped,
-        "n1 started web at {starting:?}, before n0 had stopped it at {stopped:?}"
-    );
     assert!(
         bed.c.log(0).contains("destroying the VM"),
         "n0 did not destroy the paused VM:\n{}",
@@ -641,20 +640,7 @@ fn a_guest_panic_is_seen_through_pvpanic_and_the_crashed_vm_is_destroyed_before_
     let second = bed.next_boot(&first, BOOT);
     let took = t0.elapsed();
 
-    assert_eq!(bed.qemu_hosts(), BTreeSet::from(["n1".to_owned()]));
-    assert_eq!(
-        bed.hosts[0].state("web"),
-        None,
-        "the crashed VM is still known to n0's libvirt"
-    );
-    assert!(testbed::fence::fenced(bed.c.dir()).is_empty());
-    let ev0 = bed.c.events(0);
-    let stopped = event_ts(&ev0, "group_stopped", "web", asked);
-    let starting = event_ts(&bed.c.events(1), "group_starting", "web", asked);
-    assert!(
-        stopped.is_some() && starting >= stopped,
-        "n1 started web at {starting:?}, before n0 had destroyed it at {stopped:?}"
-    );
+    let (stopped, starting) = bed.assert_moved_to_n1_after_n0_stopped(asked);
     let console = std::fs::read_to_string(bed.c.dir().join("vms/web.serial")).unwrap_or_default();
     assert!(
         console.contains("Kernel panic"),

@@ -9,15 +9,6 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn vm_state(c: &Cluster, k: usize, vm: &str) -> Option<String> {
-    let s = c.status(k).ok()?;
-    s.hypervisor?
-        .domains
-        .into_iter()
-        .find(|d| d.name == vm)
-        .map(|d| d.state)
-}
-
 #[test]
 fn a_host_that_loses_quorum_destroys_its_vms_at_once() {
     let spec = Spec {
@@ -42,7 +33,7 @@ fn a_host_that_loses_quorum_destroys_its_vms_at_once() {
     ok(testbed::wait_until(
         "vm-c running on n2",
         Duration::from_secs(10),
-        || vm_state(&c, 2, "vm-c").as_deref() == Some("running"),
+        || c.vm_state(2, "vm-c").as_deref() == Some("running"),
     ));
 
     ok(c.net.partition(&[0, 1], &[2]));
@@ -53,9 +44,9 @@ fn a_host_that_loses_quorum_destroys_its_vms_at_once() {
     );
     assert_eq!(stopped["count"], 1, "{stopped}");
     // Destroyed, not shut down: a transient domain is then gone.
-    assert_eq!(vm_state(&c, 2, "vm-c"), None);
+    assert_eq!(c.vm_state(2, "vm-c"), None);
     assert_eq!(
-        vm_state(&c, 2, "other").as_deref(),
+        c.vm_state(2, "other").as_deref(),
         Some("running"),
         "unmanaged VMs are left alone"
     );
@@ -112,5 +103,5 @@ fn a_host_started_without_quorum_destroys_what_runs_only_after_the_grace() {
         "vm-c was stopped before the grace was over: {:?}",
         c.events(2)
     );
-    assert_eq!(vm_state(&c, 2, "vm-c").as_deref(), Some("shutoff"));
+    assert_eq!(c.vm_state(2, "vm-c").as_deref(), Some("shutoff"));
 }

@@ -68,16 +68,6 @@ fn guests(socket: &str, key: &std::path::Path) -> Cluster {
     }))
 }
 
-fn state(c: &Cluster, k: usize, vm: &str) -> Option<String> {
-    c.status(k)
-        .ok()?
-        .hypervisor?
-        .domains
-        .into_iter()
-        .find(|d| d.name == vm)
-        .map(|d| d.state)
-}
-
 #[test]
 fn a_guest_cluster_fences_a_lost_peer_through_its_host_daemon() {
     let h = hosts([&["vm-n0", "vm-n1", "vm-n2"], &[], &[]]);
@@ -160,8 +150,8 @@ fn a_guest_cluster_fences_a_lost_peer_through_its_host_daemon() {
     );
     let took = t0.elapsed();
     assert_eq!(fenced["device"], "via-host", "{fenced}");
-    assert_eq!(state(&h, 0, "vm-n0").as_deref(), Some("shutoff"));
-    assert_eq!(state(&h, 0, "vm-n1").as_deref(), Some("running"));
+    assert_eq!(h.vm_state(0, "vm-n0").as_deref(), Some("shutoff"));
+    assert_eq!(h.vm_state(0, "vm-n1").as_deref(), Some("running"));
     let done = ok(
         h.wait_event(0, "guest_fence_succeeded", Duration::from_secs(2), |e| {
             e["peer"] == "n0"
@@ -235,8 +225,8 @@ fn a_fence_of_a_vm_on_another_host_is_forwarded_to_it() {
         .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", h.log(1), h.log(0)));
     let took = t0.elapsed();
     assert_eq!(fenced["device"], "via-host", "{fenced}");
-    assert_eq!(state(&h, 0, "vm-n0").as_deref(), Some("shutoff"));
-    assert_eq!(state(&h, 1, "vm-n1").as_deref(), Some("running"));
+    assert_eq!(h.vm_state(0, "vm-n0").as_deref(), Some("shutoff"));
+    assert_eq!(h.vm_state(1, "vm-n1").as_deref(), Some("running"));
     let forwarded = ok(
         h.wait_event(1, "guest_fence_forwarded", Duration::from_secs(2), |e| {
             e["peer"] == "n0"
@@ -469,8 +459,8 @@ fn a_host_in_maintenance_has_its_guests_hand_their_applications_over_then_shuts_
     // moved; the guest's VM is off.
     assert_eq!(owner(&g, "app").as_deref(), Some("n1"));
     assert_eq!(owner(&h, "db").as_deref(), Some("n1"));
-    assert_eq!(state(&h, 0, "vm-n0").as_deref(), Some("shutoff"));
-    assert_eq!(state(&h, 1, "vm-n1").as_deref(), Some("running"));
+    assert_eq!(h.vm_state(0, "vm-n0").as_deref(), Some("shutoff"));
+    assert_eq!(h.vm_state(1, "vm-n1").as_deref(), Some("running"));
     // The guest handed over before its VM went down: it stopped `app`
     // itself (a clean stop, not a fence).
     assert!(

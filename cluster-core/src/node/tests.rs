@@ -145,24 +145,12 @@ fn a_start_that_finishes_after_quorum_was_lost_is_undone() {
     assert!(ops(&fx).is_empty(), "{fx:?}");
     c.forget_all_running();
     now += 10;
-    let fx = c.on_resource(
-        now,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    let fx = done(&mut c, now, 0, ResourceOp::Start);
     // Resource `b` must not start; `a` is stopped again.
     assert_eq!(ops(&fx), [(0, ResourceOp::Stop)], "{fx:?}");
     assert!(kinds(&fx).contains(&"start_aborted"), "{fx:?}");
     now += 10;
-    let fx = c.on_resource(
-        now,
-        0,
-        0,
-        ResourceOp::Stop,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    let fx = done(&mut c, now, 0, ResourceOp::Stop);
     assert!(ops(&fx).is_empty(), "{fx:?}");
     assert_eq!(c.run_state(0), None);
     assert!(!c.state().active.contains(&0));
@@ -180,22 +168,10 @@ fn a_start_goes_on_while_quorate() {
     let fx = c.step(now, &input(&c, true));
     assert!(ops(&fx).is_empty(), "{fx:?}");
     now += 10;
-    let fx = c.on_resource(
-        now,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    let fx = done(&mut c, now, 0, ResourceOp::Start);
     assert_eq!(ops(&fx), [(1, ResourceOp::Start)], "{fx:?}");
     now += 10;
-    let fx = c.on_resource(
-        now,
-        0,
-        1,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    let fx = done(&mut c, now, 1, ResourceOp::Start);
     assert!(kinds(&fx).contains(&"group_running"), "{fx:?}");
     assert_eq!(c.run_state(0), Some(RunState::Running));
 }
@@ -205,21 +181,9 @@ fn a_recovery_restart_does_not_start_again_after_quorum_was_lost() {
     let mut c = core();
     let mut now = start_first_resource(&mut c);
     now += 10;
-    c.on_resource(
-        now,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    done(&mut c, now, 0, ResourceOp::Start);
     now += 10;
-    c.on_resource(
-        now,
-        0,
-        1,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    done(&mut c, now, 1, ResourceOp::Start);
     assert_eq!(c.run_state(0), Some(RunState::Running));
     // The monitor fails: restart `b` (the last resource).
     now += 2000;
@@ -235,23 +199,11 @@ fn a_recovery_restart_does_not_start_again_after_quorum_was_lost() {
     now += 10;
     c.step(now, &input(&c, false));
     now += 10;
-    let fx = c.on_resource(
-        now,
-        0,
-        1,
-        ResourceOp::Stop,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    let fx = done(&mut c, now, 1, ResourceOp::Stop);
     // No start of `b`; `a` is stopped too.
     assert_eq!(ops(&fx), [(0, ResourceOp::Stop)], "{fx:?}");
     now += 10;
-    let fx = c.on_resource(
-        now,
-        0,
-        0,
-        ResourceOp::Stop,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    let fx = done(&mut c, now, 0, ResourceOp::Stop);
     assert!(ops(&fx).is_empty(), "{fx:?}");
     assert_eq!(c.run_state(0), None);
 }
@@ -269,13 +221,7 @@ fn view_is_matches_view() {
     let starting = c.view();
     assert!(c.view_is(&starting));
     now += 10;
-    c.on_resource(
-        now,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    done(&mut c, now, 0, ResourceOp::Start);
     assert!(c.view_is(&starting), "still starting");
     c.request(0, Op::Stop);
     assert!(!c.view_is(&starting), "a request travels in the view");
@@ -520,43 +466,25 @@ fn a_node_that_may_not_run_the_group_runs_no_standby_monitor() {
 fn a_standby_answer_after_the_group_started_here_is_dropped() {
     let config = config_with(r#""n0", "n1""#, "", STANDBY_MONITORS);
     let mut c = NodeCore::new(config, 0, 0, LocalState::default());
-    let peers = |c: &NodeCore| {
-        quorate_with(vec![
-            (1, peer_view(c.published(), &[], &[])),
-            (2, peer_view(c.published(), &[], &[])),
-        ])
-    };
-    let fx = c.step(0, &peers(&c));
+    let fx = c.step(0, &peers_of(&c));
     answer_probes_stopped(&mut c, 0, fx);
     // The standby check goes out with the first placement (the peers do
     // not have it yet: no start).
-    let fx = c.step(10, &peers(&c));
+    let fx = c.step(10, &peers_of(&c));
     assert!(kinds(&fx).contains(&"placement_published"), "{fx:?}");
     assert!(ops(&fx).is_empty(), "{fx:?}");
     assert_eq!(checks(&fx), [0], "{fx:?}");
-    let fx = c.step(20, &peers(&c));
+    let fx = c.step(20, &peers_of(&c));
     assert_eq!(ops(&fx), [(0, ResourceOp::Start)], "{fx:?}");
     let fx = c.on_check(30, 0, 0, CheckOutcome::Failed("late".into()));
     assert!(fx.is_empty(), "{fx:?}");
     assert!(c.view().standby_failures.is_empty());
-    c.on_resource(
-        40,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
-    let fx = c.on_resource(
-        50,
-        0,
-        1,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    done(&mut c, 40, 0, ResourceOp::Start);
+    let fx = done(&mut c, 50, 1, ResourceOp::Start);
     assert!(kinds(&fx).contains(&"group_running"), "{fx:?}");
     // Running here, both monitors run, and a failure of the standby
     // monitor walks the ladder as any monitor's (restart `b`).
-    let fx = c.step(60, &peers(&c));
+    let fx = c.step(60, &peers_of(&c));
     assert_eq!(checks(&fx), [0, 1], "{fx:?}");
     let fx = c.on_check(70, 0, 0, CheckOutcome::Failed("no route".into()));
     assert_eq!(ops(&fx), [(1, ResourceOp::Stop)], "{fx:?}");
@@ -634,35 +562,23 @@ fn a_standby_failure_never_moves_a_running_group() {
 /// Start the group on n0 (alone in the group's nodes, peers settled) and
 /// return the time it runs.
 fn run_group_here(c: &mut NodeCore) -> u64 {
-    let peers = |c: &NodeCore| {
-        quorate_with(vec![
-            (1, peer_view(c.published(), &[], &[])),
-            (2, peer_view(c.published(), &[], &[])),
-        ])
-    };
-    let fx = c.step(0, &peers(c));
+    let fx = c.step(0, &peers_of(c));
     answer_probes_stopped(c, 0, fx);
-    c.step(10, &peers(c));
-    let fx = c.step(20, &peers(c));
+    c.step(10, &peers_of(c));
+    let fx = c.step(20, &peers_of(c));
     assert_eq!(ops(&fx), [(0, ResourceOp::Start)], "{fx:?}");
-    c.on_resource(
-        30,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
-    let fx = c.on_resource(
-        40,
-        0,
-        1,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    done(c, 30, 0, ResourceOp::Start);
+    let fx = done(c, 40, 1, ResourceOp::Start);
     assert!(kinds(&fx).contains(&"group_running"), "{fx:?}");
     40
 }
 
+/// A resource operation of group 0 that ended well.
+fn done(c: &mut NodeCore, now: u64, resource: usize, op: ResourceOp) -> Vec<Effect> {
+    c.on_resource(now, 0, resource, op, OpResult::Done(ActionOutcome::Ok))
+}
+
+/// n0's two peers, settled, with n0's placement and nothing running.
 fn peers_of(c: &NodeCore) -> ClusterInput {
     quorate_with(vec![
         (1, peer_view(c.published(), &[], &[])),
@@ -738,36 +654,12 @@ fn a_periodic_probe_that_finds_the_resource_stopped_restarts_it() {
     assert_eq!(failed["probe"], "a");
     assert_eq!(failed["action"], "restart");
     assert_eq!(c.restarts(0), 1);
-    let fx = c.on_resource(
-        t + 6630,
-        0,
-        1,
-        ResourceOp::Stop,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    let fx = done(&mut c, t + 6630, 1, ResourceOp::Stop);
     assert_eq!(ops(&fx), [(0, ResourceOp::Stop)], "{fx:?}");
-    let fx = c.on_resource(
-        t + 6640,
-        0,
-        0,
-        ResourceOp::Stop,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    let fx = done(&mut c, t + 6640, 0, ResourceOp::Stop);
     assert_eq!(ops(&fx), [(0, ResourceOp::Start)], "{fx:?}");
-    c.on_resource(
-        t + 6650,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
-    let fx = c.on_resource(
-        t + 6660,
-        0,
-        1,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    done(&mut c, t + 6650, 0, ResourceOp::Start);
+    let fx = done(&mut c, t + 6660, 1, ResourceOp::Start);
     assert!(kinds(&fx).contains(&"group_running"), "{fx:?}");
     // The next probe, two seconds into the new run, finds it failed: the
     // restart is used up, no failover is allowed, the final action is
@@ -804,34 +696,10 @@ fn a_periodic_probe_of_an_earlier_run_is_dropped() {
     // The monitor fails first: restart from `a`, while the probe is out.
     let fx = c.on_check(t + 1010, 0, 0, CheckOutcome::Failed("down".into()));
     assert_eq!(ops(&fx), [(1, ResourceOp::Stop)], "{fx:?}");
-    c.on_resource(
-        t + 1020,
-        0,
-        1,
-        ResourceOp::Stop,
-        OpResult::Done(ActionOutcome::Ok),
-    );
-    c.on_resource(
-        t + 1030,
-        0,
-        0,
-        ResourceOp::Stop,
-        OpResult::Done(ActionOutcome::Ok),
-    );
-    c.on_resource(
-        t + 1040,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
-    let fx = c.on_resource(
-        t + 1050,
-        0,
-        1,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    done(&mut c, t + 1020, 1, ResourceOp::Stop);
+    done(&mut c, t + 1030, 0, ResourceOp::Stop);
+    done(&mut c, t + 1040, 0, ResourceOp::Start);
+    let fx = done(&mut c, t + 1050, 1, ResourceOp::Start);
     assert!(kinds(&fx).contains(&"group_running"), "{fx:?}");
     // The old probe answers "stopped" (it ran during the restart).
     let fx = c.on_resource(
@@ -870,20 +738,8 @@ fn per_node_overrides_give_the_timeouts_and_the_probe() {
     let fx = c.step(20, &input(&c, true));
     assert_eq!(ops(&fx), [(0, ResourceOp::Start)], "{fx:?}");
     assert_eq!(timeout_of(&fx), Some(Duration::from_secs(7)));
-    c.on_resource(
-        30,
-        0,
-        0,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
-    let fx = c.on_resource(
-        40,
-        0,
-        1,
-        ResourceOp::Start,
-        OpResult::Done(ActionOutcome::Ok),
-    );
+    done(&mut c, 30, 0, ResourceOp::Start);
+    let fx = done(&mut c, 40, 1, ResourceOp::Start);
     assert_eq!(timeout_of(&fx), None);
     assert!(
         ops(&c.step(2000, &input(&c, true)))

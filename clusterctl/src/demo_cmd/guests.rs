@@ -20,7 +20,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -222,25 +222,10 @@ fn spawn_guest(
     config_path: &Path,
     node: &str,
 ) -> anyhow::Result<std::process::Child> {
-    let socket = dir.join(format!("{node}.sock"));
-    let _ = std::fs::remove_file(&socket);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{node}.log")))?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &netns::ns_name(node)])
-        .arg(daemon)
-        .arg("--config")
-        .arg(config_path)
-        .args(["--node", node])
-        .arg("--state-dir")
-        .arg(dir.join("state").join(node))
-        .arg("--api-socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let mut ip = Command::new("ip");
+    ip.args(["netns", "exec", &netns::ns_name(node)])
+        .arg(daemon);
+    let mut cmd = super::daemon_command(ip, dir, config_path, node)?;
     net.spawn(&mut cmd)
         .with_context(|| format!("cannot start {} for {node}", daemon.display()))
 }

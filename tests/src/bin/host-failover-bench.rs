@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cluster_core::api::{Request, Response};
-use testbed::cluster::{Cluster, Spec, test_domain_xml, test_host_xml};
+use testbed::cluster::{Cluster, Spec, test_domain_xml, test_host_xml, vms_by_host};
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter()
@@ -40,28 +39,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where each managed VM runs, by host (hosts whose daemon answers).
+/// Where each managed VM runs, by host index.
 fn running(sockets: &[PathBuf]) -> BTreeMap<String, BTreeSet<usize>> {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return BTreeMap::new();
-    };
-    let mut out: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-    for (k, socket) in sockets.iter().enumerate() {
-        let Ok(Response::Status(s)) =
-            rt.block_on(cluster_core::api::call(socket, &Request::Status))
-        else {
-            continue;
-        };
-        for d in s.hypervisor.map(|h| h.domains).unwrap_or_default() {
-            if d.managed && d.state == "running" {
-                out.entry(d.name).or_default().insert(k);
-            }
-        }
-    }
-    out
+    vms_by_host(sockets, |d| d.managed && d.state == "running")
 }
 
 fn wait(
